@@ -1,0 +1,100 @@
+"""The gradient-synchronisation engines the trainer can run, behind one small interface.
+
+- ``local``: one process, nothing to synchronise;
+- ``ddtrain``: ddtrain's own overlapped bucketed reducer (``comm/reducer.py``);
+- ``torch_ddp``: torch's DistributedDataParallel with the same bucket size, the in-tree baseline
+  every benchmark compares against.
+
+The trainer only calls ``engine.module(x)``, ``engine.no_sync()`` and ``engine.wait()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager as ContextManager
+
+from torch import nn
+
+from ddtrain.comm.reducer import GradReducer
+from ddtrain.config import CommConfig
+from ddtrain.dist.group import DistContext
+
+
+class LocalEngine:
+    name = "local"
+    measures_exposed_comm = True  # trivially: there is none
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def no_sync(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def wait(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "single process: no gradient communication"
+
+
+class DdtrainEngine:
+    name = "ddtrain"
+    measures_exposed_comm = True
+
+    def __init__(self, module: nn.Module, ctx: DistContext, comm: CommConfig, on_event=None):
+        self.module = module
+        self.reducer = GradReducer(
+            module,
+            world_size=ctx.world_size,
+            bucket_mb=comm.bucket_mb,
+            first_bucket_mb=comm.first_bucket_mb,
+            comm_dtype=comm.dtype,
+            on_event=on_event,
+        )
+
+    def no_sync(self) -> ContextManager:
+        return self.reducer.no_sync()
+
+    def wait(self) -> None:
+        self.reducer.wait()
+
+    def describe(self) -> str:
+        return "ddtrain reducer: " + self.reducer.describe()
+
+
+class TorchDDPEngine:
+    name = "torch_ddp"
+    # DDP waits for its all-reduces inside backward (autograd's final callback), so the time
+    # backward spends blocked on communication cannot be told apart from compute.
+    measures_exposed_comm = False
+
+    def __init__(self, module: nn.Module, ctx: DistContext, comm: CommConfig):
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        self.module = DistributedDataParallel(
+            module, device_ids=device_ids, bucket_cap_mb=comm.bucket_mb
+        )
+        hooks = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
+        if comm.dtype in hooks:
+            self.module.register_comm_hook(state=None, hook=hooks[comm.dtype])
+        self._dtype = comm.dtype
+        self._bucket_mb = comm.bucket_mb
+
+    def no_sync(self) -> ContextManager:
+        return self.module.no_sync()
+
+    def wait(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"torch DDP baseline: bucket_cap_mb={self._bucket_mb}, comm dtype {self._dtype}"
+
+
+def build_engine(module: nn.Module, ctx: DistContext, comm: CommConfig, on_event=None):
+    if ctx.world_size == 1:
+        return LocalEngine(module)
+    if comm.engine == "torch_ddp":
+        return TorchDDPEngine(module, ctx, comm)
+    return DdtrainEngine(module, ctx, comm, on_event=on_event)

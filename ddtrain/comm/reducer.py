@@ -1,0 +1,200 @@
+"""ddtrain's gradient reducer: bucketed all-reduce, launched while backward is still running.
+
+Life of one synchronised step:
+  1. backward runs; as each parameter's gradient is final (a post-accumulate-grad hook), it is
+     scaled by 1/world_size and cast into its slot of a flat bucket buffer (one fused op);
+  2. when a bucket's last slot is filled, its all-reduce is launched asynchronously, provided
+     every earlier bucket has been launched: collectives must be issued in the same order on
+     every rank, and the bucket index is that order (DDP's reducer keeps the same rule);
+  3. ``wait()`` (after backward returns) launches what is left, waits for all, and hands the
+     averaged gradients back to ``p.grad``.
+
+Scaling before the reduce (rather than after) keeps fp16 sums from overflowing.
+During gradient accumulation (``no_sync()``) hooks return at once: gradients accumulate locally
+in ``p.grad`` and the last micro-step's hooks send the accumulated sum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ddtrain.comm.buckets import MiB, plan_buckets
+
+log = logging.getLogger(__name__)
+
+COMM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def broadcast_module(module: nn.Module, src: int = 0, group=None) -> None:
+    """Make every replica start identical: rank ``src``'s parameters and buffers win.
+
+    Tensors are flattened per dtype so that this is a handful of broadcasts, not hundreds.
+    """
+    tensors = [p.data for p in module.parameters()] + [b for b in module.buffers()]
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group_tensors in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group_tensors])
+        dist.broadcast(flat, src=src, group=group)
+        offset = 0
+        for t in group_tensors:
+            n = t.numel()
+            t.copy_(flat[offset:offset + n].view_as(t))
+            offset += n
+
+
+class GradReducer:
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        world_size: int,
+        bucket_mb: float,
+        first_bucket_mb: float,
+        comm_dtype: str = "fp32",
+        group=None,
+        on_event: Callable[[str, int], None] | None = None,
+    ):
+        self.group = group
+        self.world_size = world_size
+        self.comm_dtype = COMM_DTYPES[comm_dtype]
+        # on_event("grad", param_index) / ("launch", bucket_index): lets tests observe overlap.
+        self._on_event = on_event
+
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no trainable parameters to reduce")
+        devices = {p.device for _, p in named}
+        if len(devices) > 1:
+            raise ValueError(f"all parameters must be on one device, found {sorted(map(str, devices))}")
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+
+        broadcast_module(module, group=group)
+
+        elsize = torch.empty((), dtype=self.comm_dtype).element_size()
+        self.plan = plan_buckets(
+            [p.numel() for p in self.params], elsize, bucket_mb * MiB, first_bucket_mb * MiB
+        )
+        device = self.params[0].device
+        self.buffers = [torch.empty(n, dtype=self.comm_dtype, device=device) for n in self.plan.sizes]
+        # The slot views are made once; the hot path only indexes lists.
+        self.slot_views = [
+            self.buffers[s.bucket][s.offset:s.offset + s.numel] for s in self.plan.slots
+        ]
+        self._sync = True
+        self._warned_unused = False
+        self._reset()
+        self._hooks = [
+            p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(self.params)
+        ]
+
+    # ------------------------------------------------------------------ step state
+    def _reset(self) -> None:
+        self._pending = [len(m) for m in self.plan.members]
+        self._filled = [False] * len(self.params)
+        self._works: list = []
+        self._next = 0  # the next bucket to launch, in index order
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Backward passes inside accumulate locally and communicate nothing."""
+        previous, self._sync = self._sync, False
+        try:
+            yield
+        finally:
+            self._sync = previous
+
+    # ------------------------------------------------------------------ hot path
+    def _make_hook(self, idx: int):
+        def hook(param: torch.Tensor) -> None:
+            if not self._sync:
+                return
+            if self._filled[idx]:
+                raise RuntimeError(
+                    f"parameter '{self.names[idx]}' received a second gradient in one synchronised "
+                    "step; run extra backward passes inside reducer.no_sync() (trainer.grad_accum)"
+                )
+            self._fill(idx, param.grad)
+            if self._on_event is not None:
+                self._on_event("grad", idx)
+            bucket = self.plan.slots[idx].bucket
+            self._pending[bucket] -= 1
+            if bucket == self._next and self._pending[bucket] == 0:
+                self._launch_ready()
+
+        return hook
+
+    def _fill(self, idx: int, grad: torch.Tensor | None) -> None:
+        view = self.slot_views[idx]
+        if grad is None:
+            view.zero_()
+        else:
+            # Scale and cast in one kernel: the bucket then holds grad / world_size in comm dtype.
+            torch.mul(grad.reshape(-1), 1.0 / self.world_size, out=view)
+        self._filled[idx] = True
+
+    def _launch_ready(self) -> None:
+        while self._next < len(self.plan) and self._pending[self._next] == 0:
+            work = dist.all_reduce(self.buffers[self._next], group=self.group, async_op=True)
+            self._works.append(work)
+            if self._on_event is not None:
+                self._on_event("launch", self._next)
+            self._next += 1
+
+    # ------------------------------------------------------------------ after backward
+    def wait(self) -> None:
+        """Finish this step's communication and leave averaged gradients in ``p.grad``."""
+        if not self._sync:
+            return
+        if self._next < len(self.plan):
+            self._complete_unfinished()
+        for work in self._works:
+            work.wait()
+        for p, view in zip(self.params, self.slot_views):
+            if p.grad is not None and p.grad.dtype != view.dtype:
+                p.grad.copy_(view.view_as(p))  # cast back from the comm dtype
+            else:
+                # Same dtype: the gradient *is* the bucket slice, no copy back. zero_grad()
+                # (set_to_none) drops this alias before the next backward refills the bucket.
+                p.grad = view.view_as(p)
+        self._reset()
+
+    def _complete_unfinished(self) -> None:
+        """Some parameters got no gradient this step (unused branch, frozen input ...).
+
+        Their slots carry whatever ``p.grad`` holds (earlier micro-steps' sum) or zeros, so the
+        bucket still completes and every rank issues the same collectives: no hang.
+        """
+        missing = [i for i, filled in enumerate(self._filled) if not filled]
+        if missing and not self._warned_unused:
+            names = ", ".join(self.names[i] for i in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            log.warning(
+                "no gradient this step for %s%s; reduced as zero on this rank (warned once)",
+                names, more,
+            )
+            self._warned_unused = True
+        for idx in missing:
+            self._fill(idx, self.params[idx].grad)
+            self._pending[self.plan.slots[idx].bucket] -= 1
+        self._launch_ready()
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def describe(self) -> str:
+        mib = [n * self.buffers[0].element_size() / MiB for n in self.plan.sizes]
+        return (
+            f"{len(self.params)} tensors in {len(self.plan)} buckets "
+            f"({', '.join(f'{m:.2f}' for m in mib)} MiB, {str(self.comm_dtype).removeprefix('torch.')})"
+        )

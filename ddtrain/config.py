@@ -1,0 +1,303 @@
+"""Typed run configuration and its validation.
+
+Hydra composes plain YAML groups (``configs/``); this module turns the composed tree into frozen
+dataclasses and rejects bad values with one line that names the key, the value and what is
+allowed. It runs before any process group exists, so a typo never costs a cluster allocation.
+Each component receives only its own section (``cfg.model``, ``cfg.comm`` ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line naming key, value and fix."""
+
+
+# --------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class MLPConfig:
+    name: str = "mlp"
+    hidden: int = 256
+    layers: int = 3  # hidden layers
+
+
+@dataclass(frozen=True)
+class ConvNetConfig:
+    name: str = "convnet"
+    width: int = 32  # channels of the first stage; doubled at each later stage
+    stages: int = 3
+    blocks_per_stage: int = 1
+    norm: str = "group"  # group | batch
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    name: str = "resnet"
+    depth: int = 18  # 18 | 34 | 50
+    width: int = 64
+    norm: str = "group"  # group | batch
+    stem: str = "auto"  # auto | imagenet | cifar (auto: cifar for images below 64 px)
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    name: str = "rnn"
+    embed: int = 64
+    hidden: int = 256
+    layers: int = 2
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    name: str = "gpt"
+    layers: int = 4
+    heads: int = 4
+    dim: int = 128
+    dropout: float = 0.0
+
+
+MODEL_SCHEMAS: dict[str, type] = {
+    "mlp": MLPConfig,
+    "convnet": ConvNetConfig,
+    "resnet": ResNetConfig,
+    "rnn": RNNConfig,
+    "gpt": GPTConfig,
+}
+ModelConfig = MLPConfig | ConvNetConfig | ResNetConfig | RNNConfig | GPTConfig
+
+
+# --------------------------------------------------------------------------- the rest
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "synthetic"  # synthetic | digits | chars
+    batch_size: int = 32  # per rank; the global batch is world_size * batch_size
+    samples: int = 4096  # synthetic only: size of the generated data set
+    image_size: int = 32  # synthetic images
+    channels: int = 3  # synthetic images
+    num_classes: int = 10  # synthetic images
+    seq_len: int = 64  # token models: context length
+    vocab_size: int = 64  # synthetic tokens
+    paths: tuple[str, ...] = ()  # chars: text files; empty = the Python docs bundled with CPython
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd
+    beta1: float = 0.9  # adamw
+    beta2: float = 0.95  # adamw
+    schedule: str = "constant"  # constant | cosine | linear
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine/linear decay floor, as a fraction of lr
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
+
+
+@dataclass(frozen=True)
+class CommConfig:
+    engine: str = "ddtrain"  # ddtrain | torch_ddp
+    bucket_mb: float = 25.0
+    first_bucket_mb: float = 1.0  # small first bucket so the first all-reduce starts early (as DDP)
+    dtype: str = "fp32"  # fp32 | bf16 | fp16: the dtype gradients travel in
+    backend: str = "auto"  # auto (nccl with CUDA, else gloo) | nccl | gloo
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    steps: int = 100
+    grad_accum: int = 1
+    precision: str = "fp32"  # fp32 | bf16
+    log_every: int = 10
+    progress: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU threads per rank; 0 = cores / ranks on this node
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=MLPConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    tensorboard: bool = True
+
+
+# --------------------------------------------------------------------------- conversion
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check one leaf against its annotated type; ints are accepted where floats are."""
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} is not a list; write {key}=[a,b]")
+        (item,) = {a for a in typing.get_args(typ) if a is not Ellipsis}
+        return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not a boolean; use true or false")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} is not an integer")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} is not a number")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} is not a string")
+        return value
+    raise TypeError(f"unsupported config type {typ} for {key}")  # a bug in this file, not input
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix}={raw!r} must be a group of keys")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}.{unknown[0]}; {prefix} takes: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _coerce(f"{prefix}.{name}", raw[name], hints[name])
+    return cls(**kwargs)
+
+
+def _choice(key: str, value: str, allowed: typing.Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ConfigError(f"{key}={value!r} must be {bound}")
+
+
+def from_mapping(raw: Mapping[str, Any]) -> TrainConfig:
+    """Build and validate a TrainConfig from a plain (resolved) mapping, e.g. Hydra's cfg."""
+    raw = {k: v for k, v in raw.items() if k != "hydra"}
+    sections = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - sections)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]}; top-level keys are: {', '.join(sorted(sections))}")
+
+    model_raw = dict(raw.get("model", {}))
+    model_name = model_raw.get("name", "mlp")
+    _choice("model", model_name, MODEL_SCHEMAS)
+    cfg = TrainConfig(
+        model=_build(MODEL_SCHEMAS[model_name], model_raw, "model"),
+        data=_build(DataConfig, raw.get("data", {}), "data"),
+        optim=_build(OptimConfig, raw.get("optim", {}), "optim"),
+        comm=_build(CommConfig, raw.get("comm", {}), "comm"),
+        trainer=_build(TrainerConfig, raw.get("trainer", {}), "trainer"),
+        seed=_coerce("seed", raw.get("seed", 0), int),
+        tensorboard=_coerce("tensorboard", raw.get("tensorboard", True), bool),
+    )
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject values that are well-typed but meaningless. Pure: no I/O, no process group."""
+    m = cfg.model
+    if isinstance(m, MLPConfig):
+        _positive("model.hidden", m.hidden)
+        _positive("model.layers", m.layers)
+    elif isinstance(m, ConvNetConfig):
+        _positive("model.width", m.width)
+        _positive("model.stages", m.stages)
+        _positive("model.blocks_per_stage", m.blocks_per_stage)
+        _choice("model.norm", m.norm, ["group", "batch"])
+    elif isinstance(m, ResNetConfig):
+        if m.depth not in (18, 34, 50):
+            raise ConfigError(f"model.depth={m.depth} is not allowed; choose one of: 18, 34, 50")
+        _positive("model.width", m.width)
+        _choice("model.norm", m.norm, ["group", "batch"])
+        _choice("model.stem", m.stem, ["auto", "imagenet", "cifar"])
+    elif isinstance(m, RNNConfig):
+        _positive("model.embed", m.embed)
+        _positive("model.hidden", m.hidden)
+        _positive("model.layers", m.layers)
+    elif isinstance(m, GPTConfig):
+        _positive("model.layers", m.layers)
+        _positive("model.heads", m.heads)
+        _positive("model.dim", m.dim)
+        if m.dim % m.heads:
+            raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
+        if not 0.0 <= m.dropout < 1.0:
+            raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
+
+    d = cfg.data
+    _choice("data", d.name, ["synthetic", "digits", "chars"])
+    for key in ("batch_size", "samples", "image_size", "channels", "seq_len"):
+        _positive(f"data.{key}", getattr(d, key))
+    if d.num_classes < 2:
+        raise ConfigError(f"data.num_classes={d.num_classes} must be >= 2")
+    if d.vocab_size < 2:
+        raise ConfigError(f"data.vocab_size={d.vocab_size} must be >= 2")
+
+    o = cfg.optim
+    _choice("optim", o.name, ["adamw", "sgd"])
+    _positive("optim.lr", o.lr)
+    _positive("optim.weight_decay", o.weight_decay, zero_ok=True)
+    _positive("optim.momentum", o.momentum, zero_ok=True)
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= getattr(o, key) < 1.0:
+            raise ConfigError(f"optim.{key}={getattr(o, key)} must be in [0, 1)")
+    _choice("optim.schedule", o.schedule, ["constant", "cosine", "linear"])
+    _positive("optim.warmup_steps", o.warmup_steps, zero_ok=True)
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        raise ConfigError(f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
+    _positive("optim.grad_clip", o.grad_clip, zero_ok=True)
+
+    c = cfg.comm
+    _choice("comm.engine", c.engine, ["ddtrain", "torch_ddp"])
+    _positive("comm.bucket_mb", c.bucket_mb)
+    _positive("comm.first_bucket_mb", c.first_bucket_mb)
+    _choice("comm.dtype", c.dtype, ["fp32", "bf16", "fp16"])
+    _choice("comm.backend", c.backend, ["auto", "nccl", "gloo"])
+    _positive("comm.timeout_s", c.timeout_s)
+
+    t = cfg.trainer
+    _positive("trainer.steps", t.steps)
+    _positive("trainer.grad_accum", t.grad_accum)
+    _choice("trainer.precision", t.precision, ["fp32", "bf16"])
+    _positive("trainer.log_every", t.log_every)
+    _choice("trainer.device", t.device, ["auto", "cpu", "cuda"])
+    _positive("trainer.threads", t.threads, zero_ok=True)
+
+
+def to_flat_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """``{"model.name": "gpt", ...}``: for TensorBoard hparams and run records."""
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(v):
+                walk(v, key + ".")
+            else:
+                out[key] = ",".join(v) if isinstance(v, tuple) else v
+
+    walk(cfg, "")
+    return out
+

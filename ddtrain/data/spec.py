@@ -1,0 +1,19 @@
+"""What a data set hands to a model builder: the shape of one sample and of its target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """``kind="image"``: x is float [C, H, W], y is an int64 class index in [0, num_classes).
+    ``kind="tokens"``: x and y are int64 [seq_len] token ids in [0, vocab_size); y is x shifted by one.
+    """
+
+    kind: str  # "image" | "tokens"
+    channels: int = 0
+    image_size: int = 0
+    num_classes: int = 0
+    seq_len: int = 0
+    vocab_size: int = 0

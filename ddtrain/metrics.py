@@ -1,0 +1,83 @@
+"""Run records: ``metrics.jsonl`` and TensorBoard, written by rank 0 alone.
+
+Which rank writes is decided once, at construction (``make_writer``): other ranks get a
+``NullWriter`` and the loop never asks "am I rank 0?".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# jsonl key -> TensorBoard tag. Tags are grouped by section and carry their unit.
+TAGS = {
+    "loss": "loss/train",
+    "lr": "optim/lr",
+    "samples_per_s": "throughput/samples(per_s)",
+    "tokens_per_s": "throughput/tokens(per_s)",
+    "achieved_tflops": "throughput/achieved(TFLOP_per_s)",
+    "step_time_s": "time/step(s)",
+    "compute_s": "time/compute(s)",
+    "comm_exposed_s": "time/comm_exposed(s)",
+    "data_s": "time/data(s)",
+    "optimizer_s": "time/optimizer(s)",
+}
+
+
+class NullWriter:
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def text(self, tag: str, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, hparams: dict[str, Any], tensorboard: bool = True):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = run_dir / "metrics.jsonl"
+        # Line-buffered: a crash loses at most the line being written.
+        self._jsonl = open(self.jsonl_path, "a", buffering=1)
+        self.tb_dir = run_dir / "tb" if tensorboard else None
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            self._tb = SummaryWriter(log_dir=str(self.tb_dir))
+            # The hparams plugin reads the metric values from the scalars logged under these
+            # tags in the same run, so the config table links to the live curves.
+            metrics = {TAGS["loss"]: 0.0, TAGS["samples_per_s"]: 0.0, TAGS["step_time_s"]: 0.0}
+            for summary in hparams_summary(hparams, metrics):
+                self._tb.file_writer.add_summary(summary)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._tb is None:
+            return
+        step = record["step"]
+        for key, tag in TAGS.items():
+            value = record.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(tag, value, step)
+
+    def text(self, tag: str, text: str) -> None:
+        if self._tb is not None:
+            # Markdown: indent by four spaces so YAML shows as a code block.
+            self._tb.add_text(tag, "    " + text.replace("\n", "\n    "))
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def make_writer(is_main: bool, run_dir: Path | None, hparams: dict[str, Any], tensorboard: bool):
+    if is_main and run_dir is not None:
+        return MetricsWriter(run_dir, hparams, tensorboard)
+    return NullWriter()

@@ -1,0 +1,151 @@
+"""The training loop. Reads top to bottom; distribution shows up only as ``ctx`` and ``engine``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddtrain.comm.engines import build_engine
+from ddtrain.config import TrainConfig, to_flat_dict
+from ddtrain.data import ShardedBatches, build_dataset
+from ddtrain.dist.group import DistContext, all_max, all_mean
+from ddtrain.metrics import make_writer
+from ddtrain.models import INPUT_KIND, build_model
+from ddtrain.optim import build_optimizer
+from ddtrain.perf.clock import StepClock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the bare model (not the DDP wrapper)
+    history: list[dict[str, Any]] = field(default_factory=list)  # the logged records
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="train", unit="step", mininterval=1.0, dynamic_ncols=True)
+
+
+def train(
+    cfg: TrainConfig,
+    ctx: DistContext,
+    run_dir: Path | None = None,
+    *,
+    dataset=None,
+    on_event=None,
+) -> TrainResult:
+    """Train ``cfg`` on this rank. ``run_dir`` None: write nothing (tests); rank 0 writes otherwise."""
+    t = cfg.trainer
+    torch.manual_seed(cfg.seed)  # same init everywhere; rank 0's weights are broadcast anyway
+
+    if dataset is None:
+        dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
+    model = build_model(cfg.model, dataset.spec).to(ctx.device)
+    engine = build_engine(model, ctx, cfg.comm, on_event=on_event)
+    optimizer, scheduler = build_optimizer(cfg.optim, model, t.steps)
+    batches = ShardedBatches(dataset, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed)
+    writer = make_writer(ctx.is_main, run_dir, to_flat_dict(cfg), cfg.tensorboard)
+    clock = StepClock(ctx.device)
+
+    flops = model.flops_per_sample()
+    samples_per_step = ctx.world_size * cfg.data.batch_size * t.grad_accum
+    tokens_per_sample = dataset.spec.seq_len if dataset.spec.kind == "tokens" else 0
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "model=%s (%.2fM params, %.3g GFLOP/sample fwd+bwd), data=%s, %d ranks x batch %d x accum %d",
+        cfg.model.name, n_params / 1e6, flops / 1e9, cfg.data.name, ctx.world_size,
+        cfg.data.batch_size, t.grad_accum,
+    )
+    log.info("%s", engine.describe())
+
+    bar = _progress(t.progress and ctx.is_main, t.steps)
+    result = TrainResult(model=model)
+    step_loss = torch.zeros((), device=ctx.device)
+    data_s = 0.0
+    for step in range(t.steps):
+        clock.start_step()
+        step_loss.zero_()
+        for micro in range(t.grad_accum):
+            t0 = time.perf_counter()  # host-side batch gathering; no device sync needed
+            x, y = batches.get(step * t.grad_accum + micro)
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            data_s += time.perf_counter() - t0
+            # In data-parallel training only the last micro-step communicates: the earlier
+            # ones accumulate gradients locally (no_sync).
+            last = micro == t.grad_accum - 1
+            with contextlib.nullcontext() if last else engine.no_sync():
+                with _autocast(ctx.device, t.precision):
+                    logits = engine.module(x)
+                    loss = F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
+                (loss / t.grad_accum).backward()
+            step_loss += loss.detach() / t.grad_accum
+        clock.mark("compute")
+        engine.wait()  # the gradient all-reduces still in flight after backward
+        clock.mark("comm_exposed")
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        clock.mark("optimizer")
+
+        done = step + 1
+        if done % t.log_every == 0 or done == t.steps:
+            record = _record(done, step_loss, clock.drain(), data_s, ctx, engine, scheduler)
+            record["samples_per_s"] = samples_per_step / record["step_time_s"]
+            record["achieved_tflops"] = record["samples_per_s"] * flops / 1e12
+            if tokens_per_sample:
+                record["tokens_per_s"] = record["samples_per_s"] * tokens_per_sample
+            data_s = 0.0
+            result.history.append(record)
+            writer.log(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}")
+            log.debug("step %d %s", done, record)
+        if bar is not None:
+            bar.update(1)
+
+    if bar is not None:
+        bar.close()
+    writer.close()
+    return result
+
+
+def _record(step, step_loss, steps, data_s, ctx, engine, scheduler) -> dict[str, Any]:
+    """One log line. Collectives here run on logging steps only, never per step."""
+    n = len(steps)
+    loss = float(all_mean(ctx, step_loss).item())  # mean over all ranks' samples of this step
+    # A data-parallel step is as slow as its slowest rank.
+    step_time = all_max(ctx, sum(s["total"] for s in steps) / n)
+    data = data_s / n
+    exposed = sum(s["comm_exposed"] for s in steps) / n
+    return {
+        "step": step,
+        "loss": loss,
+        "lr": scheduler.get_last_lr()[0],
+        "step_time_s": step_time,
+        "compute_s": sum(s["compute"] for s in steps) / n - data,
+        "data_s": data,
+        "comm_exposed_s": exposed if engine.measures_exposed_comm else None,
+        "optimizer_s": sum(s["optimizer"] for s in steps) / n,
+        "world_size": ctx.world_size,
+    }
