@@ -1,0 +1,74 @@
+"""A character-level text corpus for token models, from local files or the docs inside CPython.
+
+With no files given, the corpus is ``pydoc_data.topics``: about half a million characters of
+English reference text that every CPython installation carries (it backs ``help('topic')``), so a
+language model trains on real text without any download.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ddtrain.config import DataConfig
+from ddtrain.data.spec import DataSpec
+
+
+def _bundled_docs() -> str:
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions strip it from their system Python
+        raise ValueError(
+            "data=chars: this Python lacks pydoc_data (its bundled docs); give text files in data.paths"
+        ) from None
+    # Sorted keys: the corpus, and so every sample index, must not depend on dict order.
+    return "".join(topics[key] for key in sorted(topics))
+
+
+def read_corpus(paths: tuple[str, ...]) -> str:
+    """The files' text, concatenated in the given order; the bundled docs if ``paths`` is empty."""
+    if not paths:
+        return _bundled_docs()
+    # Check every file before reading any, so a typo in the last path fails at once.
+    for path in paths:
+        if not os.path.isfile(os.path.expanduser(path)):
+            raise ValueError(
+                f"data.paths: no such file {path!r}; give existing text files or leave data.paths empty"
+            )
+    texts = []
+    for path in paths:
+        # errors="replace": one stray byte in a large scraped file should cost one character
+        # (it becomes U+FFFD), not the run.
+        with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as f:
+            texts.append(f.read())
+    return "".join(texts)
+
+
+def encode(text: str) -> tuple[torch.Tensor, str]:
+    """(ids int64 [len(text)], vocab): vocab is the sorted set of characters, ids index into it."""
+    # Through numpy's unique over code points rather than a Python dict lookup per character:
+    # the same sorted order as sorted(set(text)), but fast on corpora of many megabytes.
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    points, ids = np.unique(codes, return_inverse=True)
+    vocab = "".join(map(chr, points.tolist()))
+    return torch.from_numpy(ids.astype(np.int64).reshape(-1)), vocab
+
+
+def windows(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, DataSpec, str]:
+    """Non-overlapping windows of seq_len+1 characters: x = window[:-1], y = window[1:]; and vocab."""
+    text = read_corpus(cfg.paths)
+    width = cfg.seq_len + 1
+    if len(text) < width:
+        source = "data.paths" if cfg.paths else "the bundled docs"
+        raise ValueError(
+            f"data=chars: {source} hold {len(text)} characters, fewer than one sample of "
+            f"data.seq_len+1={width}; lower data.seq_len or give more text in data.paths"
+        )
+    ids, vocab = encode(text)
+    count = len(ids) // width
+    # The tail shorter than one window is dropped: a padded sample would teach a fake symbol.
+    seq = ids[: count * width].reshape(count, width)
+    spec = DataSpec(kind="tokens", seq_len=cfg.seq_len, vocab_size=len(vocab))
+    return seq[:, :-1], seq[:, 1:], spec, vocab

@@ -1,0 +1,118 @@
+"""A small ResNet-style convnet, plus the norm/conv/FLOP pieces that ``resnet`` reuses.
+
+Normalisation is GroupNorm unless ``norm="batch"``. GroupNorm normalises each sample on its own,
+so N ranks with batch b compute exactly the gradients of one rank with batch N*b. BatchNorm's
+statistics couple the samples of a batch, so a data-parallel run would differ from the
+single-process run it is meant to reproduce (unless the statistics are synchronised).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddtrain.config import ConvNetConfig
+from ddtrain.data.spec import DataSpec
+
+
+def group_count(channels: int) -> int:
+    """The largest divisor of ``channels`` that is at most 32.
+
+    32 groups is the default of Wu & He, "Group Normalization" (ECCV 2018); taking a divisor keeps
+    every width valid (a width below 32 gets one channel per group).
+    """
+    return max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(group_count(channels), channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f"model.norm={kind!r} is not allowed; choose one of: group, batch")
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output side length of a conv or pool (floor mode), as in the nn.Conv2d docs."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv_flops(c_in: int, c_out: int, kernel: int, out_size: int) -> int:
+    """Forward FLOPs of one sample through a bias-free square conv.
+
+    Every output element is a dot product of c_in*k*k terms: 2 * c_in * k^2 * c_out * H_out * W_out.
+    """
+    return 2 * c_in * kernel * kernel * c_out * out_size * out_size
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual connection (He et al., "Deep Residual Learning", 2016).
+
+    The shortcut is the identity when shapes match, else a 1x1 conv with the block's stride.
+    Convs have no bias: the norm that follows would cancel it.
+    """
+
+    expansion = 1
+
+    def __init__(self, c_in: int, planes: int, stride: int, norm: str, in_size: int) -> None:
+        super().__init__()
+        c_out = planes * self.expansion
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+        self.norm1 = norm_layer(norm, planes)
+        self.conv2 = nn.Conv2d(planes, c_out, 3, 1, 1, bias=False)
+        self.norm2 = norm_layer(norm, c_out)
+        self.out_size = conv_out(in_size, 3, stride, 1)
+        self.forward_flops = conv_flops(c_in, planes, 3, self.out_size) + conv_flops(
+            planes, c_out, 3, self.out_size
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm_layer(norm, c_out)
+            )
+            self.forward_flops += conv_flops(c_in, c_out, 1, self.out_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ConvNet(nn.Module):
+    """3x3 stem -> ``stages`` stages of BasicBlocks (width doubles, stride 2 from the second
+    stage on) -> global average pool -> Linear head."""
+
+    def __init__(self, cfg: ConvNetConfig, spec: DataSpec) -> None:
+        super().__init__()
+        size = spec.image_size
+        self.stem = nn.Sequential(
+            nn.Conv2d(spec.channels, cfg.width, 3, 1, 1, bias=False),
+            norm_layer(cfg.norm, cfg.width),
+            nn.ReLU(),
+        )
+        self._stem_flops = conv_flops(spec.channels, cfg.width, 3, size)
+        blocks = []
+        c_in = cfg.width
+        for stage in range(cfg.stages):
+            planes = cfg.width * 2**stage
+            for i in range(cfg.blocks_per_stage):
+                stride = 2 if stage > 0 and i == 0 else 1
+                block = BasicBlock(c_in, planes, stride, cfg.norm, size)
+                blocks.append(block)
+                size, c_in = block.out_size, planes
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(c_in, spec.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+    def flops_per_sample(self) -> int:
+        # Forward + backward = 3x forward for every conv and the head (backward computes both the
+        # input and the weight gradient, each as costly as the forward), except the stem: its
+        # input is the data, which needs no gradient, so it costs 2x (forward + weight gradient).
+        # Head: 2*C*num_classes forward. Not counted: norms, ReLU, pooling, residual adds, biases.
+        blocks = sum(b.forward_flops for b in self.blocks)
+        head = 2 * self.head.in_features * self.head.out_features
+        return 2 * self._stem_flops + 3 * (blocks + head)

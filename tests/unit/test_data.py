@@ -1,0 +1,222 @@
+"""The data layer: exact sharding, and each data set's shapes, determinism and signal."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddtrain.config import DataConfig
+from ddtrain.data import DataSpec, ShardedBatches, build_dataset, sample_indices
+from ddtrain.data.sharding import _epoch_permutation
+
+# Small enough to build in milliseconds; 50 samples with global batches of 12 put a batch
+# across the first epoch boundary (positions 48..59).
+SMALL_IMAGES = DataConfig(samples=50, image_size=4, channels=1, batch_size=4)
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(ValueError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+# --------------------------------------------------------------------------- sharding
+def test_sample_indices_is_the_concatenation_of_epoch_permutations():
+    n, seed = 7, 3
+    stream = torch.cat(
+        [torch.randperm(n, generator=torch.Generator().manual_seed(seed + e)) for e in range(4)]
+    )
+    for position, count in [(0, 7), (5, 4), (2, 19), (14, 0), (0, 28)]:
+        assert torch.equal(sample_indices(position, count, n, seed), stream[position : position + count])
+    assert sample_indices(3, 4, n, seed).dtype == torch.int64
+
+
+def test_each_epoch_is_a_permutation():
+    n = 37
+    for epoch in range(3):
+        indices = sample_indices(epoch * n, n, n, seed=5)
+        assert torch.equal(indices.sort().values, torch.arange(n))
+
+
+def test_seed_decides_the_order():
+    assert torch.equal(sample_indices(0, 100, 100, seed=1), sample_indices(0, 100, 100, seed=1))
+    assert not torch.equal(sample_indices(0, 100, 100, seed=1), sample_indices(0, 100, 100, seed=2))
+    # Consecutive epochs differ too (epoch e uses seed + e).
+    assert not torch.equal(sample_indices(0, 100, 100, seed=1), sample_indices(100, 100, 100, seed=1))
+
+
+def test_result_does_not_alias_the_cache():
+    before = _epoch_permutation(10, 0, 0).clone()
+    sample_indices(0, 10, 10, 0).zero_()
+    assert torch.equal(_epoch_permutation(10, 0, 0), before)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_ranks_together_read_the_one_rank_batch(world_size):
+    data = build_dataset(SMALL_IMAGES, "image", seed=0)
+    b = 4
+    ranks = [ShardedBatches(data, b, rank, world_size, seed=11) for rank in range(world_size)]
+    single = ShardedBatches(data, world_size * b, 0, 1, seed=11)
+    crossed_epoch = False
+    for step in range(15):  # 15 global batches of 4, 8 or 12: each size crosses an epoch end
+        indices = torch.cat([r.indices(step) for r in ranks])
+        assert torch.equal(indices, single.indices(step))
+        xs, ys = zip(*(r.get(step) for r in ranks), strict=True)
+        x, y = single.get(step)
+        assert torch.equal(torch.cat(xs), x) and torch.equal(torch.cat(ys), y)
+        first, last = single.position(step), single.position(step) + single.batch_size - 1
+        crossed_epoch |= first // len(data) != last // len(data)
+    assert crossed_epoch
+
+
+def test_batches_cross_an_epoch_boundary_exactly():
+    data = build_dataset(SMALL_IMAGES, "image", seed=0)
+    single = ShardedBatches(data, 12, 0, 1, seed=4)
+    # Global batch 4 covers positions 48..59: the last 2 of epoch 0, then the first 10 of epoch 1.
+    expected = torch.cat([_epoch_permutation(50, 4, 0)[48:], _epoch_permutation(50, 4, 1)[:10]])
+    assert torch.equal(single.indices(4), expected)
+
+
+def test_get_depends_only_on_the_micro_step():
+    data = build_dataset(SMALL_IMAGES, "image", seed=0)
+    a = ShardedBatches(data, 4, 1, 2, seed=0)
+    b = ShardedBatches(data, 4, 1, 2, seed=0)
+    forward = [a.indices(k) for k in range(8)]
+    backward = [b.indices(k) for k in reversed(range(8))][::-1]
+    assert all(torch.equal(f, g) for f, g in zip(forward, backward, strict=True))
+    assert a.position(3) == 3 * 8 + 4
+
+
+def test_sharded_batches_rejects_bad_arguments():
+    data = build_dataset(SMALL_IMAGES, "image", seed=0)
+    assert "global batch" in one_line_error(lambda: ShardedBatches(data, 20, 0, 3, seed=0))
+    one_line_error(lambda: ShardedBatches(data, 4, 2, 2, seed=0))
+    one_line_error(lambda: ShardedBatches(data, 0, 0, 1, seed=0))
+
+
+# --------------------------------------------------------------------------- synthetic
+def test_synthetic_images_shapes_and_determinism():
+    cfg = DataConfig(samples=512, image_size=4, channels=3, num_classes=10, batch_size=8)
+    data = build_dataset(cfg, "image", seed=0)
+    assert len(data) == 512
+    assert data.x.shape == (512, 3, 4, 4) and data.x.dtype == torch.float32
+    assert data.y.shape == (512,) and data.y.dtype == torch.int64
+    assert 0 <= data.y.min() and data.y.max() < 10
+    assert abs(data.x.mean().item()) < 0.1 and abs(data.x.std().item() - 1) < 0.1
+    assert data.spec == DataSpec(kind="image", channels=3, image_size=4, num_classes=10)
+    again = build_dataset(cfg, "image", seed=0)
+    assert torch.equal(data.x, again.x) and torch.equal(data.y, again.y)
+    assert not torch.equal(data.x, build_dataset(cfg, "image", seed=1).x)
+
+
+def test_synthetic_image_labels_are_learnable():
+    cfg = DataConfig(samples=1000, image_size=4, channels=3, num_classes=10, batch_size=8)
+    data = build_dataset(cfg, "image", seed=0)
+    counts = torch.bincount(data.y, minlength=10)
+    assert (counts > 0).all() and counts.max() < 0.3 * len(data)  # no class dominates
+    # A least-squares linear fit to the one-hot labels beats chance (10%) by far.
+    features = torch.cat([data.x.flatten(1), torch.ones(len(data), 1)], dim=1).double()
+    weights = torch.linalg.lstsq(features, torch.eye(10, dtype=torch.float64)[data.y]).solution
+    accuracy = ((features @ weights).argmax(1) == data.y).double().mean().item()
+    assert accuracy > 0.5
+
+
+def test_synthetic_tokens_shapes_and_determinism():
+    cfg = DataConfig(samples=256, seq_len=16, vocab_size=32, batch_size=8)
+    data = build_dataset(cfg, "tokens", seed=0)
+    assert data.x.shape == data.y.shape == (256, 16)
+    assert data.x.dtype == data.y.dtype == torch.int64
+    assert 0 <= data.x.min() and data.x.max() < 32 and data.y.max() < 32
+    assert torch.equal(data.x[:, 1:], data.y[:, :-1])  # y is x shifted by one
+    assert data.spec == DataSpec(kind="tokens", seq_len=16, vocab_size=32)
+    again = build_dataset(cfg, "tokens", seed=0)
+    assert torch.equal(data.x, again.x) and torch.equal(data.y, again.y)
+    assert not torch.equal(data.x, build_dataset(cfg, "tokens", seed=1).x)
+
+
+def test_synthetic_token_transitions_are_not_uniform():
+    vocab = 64
+    data = build_dataset(DataConfig(samples=512, seq_len=32, vocab_size=vocab), "tokens", seed=0)
+    pairs = torch.bincount(data.x.flatten() * vocab + data.y.flatten(), minlength=vocab * vocab)
+    counts = pairs.reshape(vocab, vocab).double()
+    assert (counts.sum(0) > 0).all()  # every symbol is reached, not just drawn as a first token
+    p = counts / counts.sum()
+    conditional = p / p.sum(1, keepdim=True)
+    entropy = -(p * conditional.clamp_min(1e-12).log()).sum().item()  # H(next | previous), nats
+    assert entropy < 0.5 * math.log(vocab)
+
+
+# --------------------------------------------------------------------------- digits
+def test_digits():
+    data = build_dataset(DataConfig(name="digits"), "image", seed=0)
+    assert len(data) == 1797
+    assert data.x.shape == (1797, 1, 8, 8) and data.x.dtype == torch.float32
+    assert data.y.dtype == torch.int64 and torch.equal(data.y.unique(), torch.arange(10))
+    assert abs(data.x.mean().item()) < 1e-4 and abs(data.x.std().item() - 1) < 1e-3
+    assert data.spec == DataSpec(kind="image", channels=1, image_size=8, num_classes=10)
+
+
+# --------------------------------------------------------------------------- chars
+def test_chars_default_corpus():
+    data = build_dataset(DataConfig(name="chars", seq_len=64), "tokens", seed=0)
+    assert len(data) > 1000
+    assert data.spec.vocab_size == len(data.vocab) > 30
+    assert list(data.vocab) == sorted(set(data.vocab))
+    assert data.x.shape == data.y.shape == (len(data), 64)
+    assert torch.equal(data.x[:, 1:], data.y[:, :-1])
+    assert 0 <= data.x.min() and data.x.max() < data.spec.vocab_size
+
+
+def test_chars_from_a_file(tmp_path):
+    text = "the quick brown fox jumps over the lazy dog\n" * 5  # 220 characters
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    data = build_dataset(DataConfig(name="chars", paths=(str(path),), seq_len=9, batch_size=2), "tokens", 0)
+    assert len(data) == len(text) // 10
+    assert data.vocab == "".join(sorted(set(text)))
+    # Window i is text[10i : 10i+10]: x its first 9 characters, y its last 9.
+    decode = lambda ids: "".join(data.vocab[i] for i in ids.tolist())
+    assert decode(data.x[3]) == text[30:39] and decode(data.y[3]) == text[31:40]
+
+
+def test_chars_replaces_invalid_utf8(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"abc\xffdef" * 10)
+    data = build_dataset(DataConfig(name="chars", paths=(str(path),), seq_len=4, batch_size=1), "tokens", 0)
+    assert "\ufffd" in data.vocab
+
+
+def test_chars_missing_file(tmp_path):
+    missing = str(tmp_path / "nope.txt")
+    cfg = DataConfig(name="chars", paths=(missing,))
+    message = one_line_error(lambda: build_dataset(cfg, "tokens", 0))
+    assert "data.paths" in message and missing in message
+
+
+def test_chars_corpus_too_small_for_seq_len(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("abc", encoding="utf-8")
+    cfg = DataConfig(name="chars", paths=(str(path),), seq_len=64, batch_size=1)
+    assert "data.seq_len" in one_line_error(lambda: build_dataset(cfg, "tokens", 0))
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "name, kind, suggestion",
+    [
+        ("digits", "tokens", "data=chars or data=synthetic"),
+        ("chars", "image", "data=digits or data=synthetic"),
+    ],
+)
+def test_kind_mismatch(name, kind, suggestion):
+    message = one_line_error(lambda: build_dataset(DataConfig(name=name), kind, 0))
+    assert f"data={name}" in message and suggestion in message
+
+
+def test_too_few_samples_for_one_batch():
+    cfg = DataConfig(samples=8, batch_size=16, image_size=4)
+    assert "data.batch_size" in one_line_error(lambda: build_dataset(cfg, "image", 0))
