@@ -119,6 +119,7 @@ class TrainerConfig:
     progress: bool = True
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads per rank; 0 = cores / ranks on this node
+    save_model: bool = True  # rank 0 writes the final state_dict to <run dir>/model.pt
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     model: nn.Module  # the bare model (not the DDP wrapper)
+    engine: Any = None  # the gradient-sync engine that ran (its bucket plan, for inspection)
     history: list[dict[str, Any]] = field(default_factory=list)  # the logged records
 
 
@@ -78,7 +79,7 @@ def train(
     log.info("%s", engine.describe())
 
     bar = _progress(t.progress and ctx.is_main, t.steps)
-    result = TrainResult(model=model)
+    result = TrainResult(model=model, engine=engine)
     step_loss = torch.zeros((), device=ctx.device)
     data_s = 0.0
     for step in range(t.steps):
@@ -127,6 +128,8 @@ def train(
     if bar is not None:
         bar.close()
     writer.close()
+    if t.save_model and ctx.is_main and run_dir is not None:
+        torch.save(model.state_dict(), run_dir / "model.pt")
     return result
 
 

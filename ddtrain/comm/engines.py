@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 from contextlib import AbstractContextManager as ContextManager
 
+import torch
+import torch.distributed as dist
 from torch import nn
 
-from ddtrain.comm.reducer import GradReducer
+from ddtrain.comm.reducer import COMM_DTYPES, GradReducer
 from ddtrain.config import CommConfig
 from ddtrain.dist.group import DistContext
 
@@ -69,16 +71,14 @@ class TorchDDPEngine:
     measures_exposed_comm = False
 
     def __init__(self, module: nn.Module, ctx: DistContext, comm: CommConfig):
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         self.module = DistributedDataParallel(
             module, device_ids=device_ids, bucket_cap_mb=comm.bucket_mb
         )
-        hooks = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
-        if comm.dtype in hooks:
-            self.module.register_comm_hook(state=None, hook=hooks[comm.dtype])
+        if comm.dtype != "fp32":
+            self.module.register_comm_hook(state=None, hook=_cast_hook(COMM_DTYPES[comm.dtype]))
         self._dtype = comm.dtype
         self._bucket_mb = comm.bucket_mb
 
@@ -90,6 +90,27 @@ class TorchDDPEngine:
 
     def describe(self) -> str:
         return f"torch DDP baseline: bucket_cap_mb={self._bucket_mb}, comm dtype {self._dtype}"
+
+
+def _cast_hook(dtype: torch.dtype):
+    """DDP comm hook: divide, cast the bucket to ``dtype``, all-reduce, cast back.
+
+    torch ships bf16/fp16 compress hooks, but they refuse any backend other than NCCL; this one
+    does the same arithmetic as ddtrain's reducer on Gloo too, so the baseline stays comparable.
+    """
+
+    def hook(state, bucket):
+        buf = bucket.buffer()
+        packed = buf.div(dist.get_world_size()).to(dtype)
+        fut = dist.all_reduce(packed, async_op=True).get_future()
+
+        def unpack(f):
+            buf.copy_(f.value()[0])
+            return buf
+
+        return fut.then(unpack)
+
+    return hook
 
 
 def build_engine(module: nn.Module, ctx: DistContext, comm: CommConfig, on_event=None):
