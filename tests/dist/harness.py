@@ -12,7 +12,8 @@ import os
 import queue
 import socket
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 RANK_TIMEOUT_S = 240
 

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from ddtrain.comm.reducer import GradReducer
+from ddtrain.trainer import train
 from tests.dist.harness import run_ranks
 from tests.dist.test_equivalence import FP32, B, assert_params_close, reference
 from tests.dist.workloads import params_of, tiny, train_each, train_with_events
-from ddtrain.trainer import train
 
 
 def test_first_bucket_launches_while_backward_is_still_running():

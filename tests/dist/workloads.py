@@ -9,8 +9,16 @@ import torch
 
 from ddtrain.comm.buckets import MiB
 from ddtrain.config import (
-    CommConfig, ConvNetConfig, DataConfig, GPTConfig, MLPConfig, OptimConfig, ResNetConfig,
-    RNNConfig, TrainConfig, TrainerConfig,
+    CommConfig,
+    ConvNetConfig,
+    DataConfig,
+    GPTConfig,
+    MLPConfig,
+    OptimConfig,
+    ResNetConfig,
+    RNNConfig,
+    TrainConfig,
+    TrainerConfig,
 )
 from ddtrain.dist.env import LaunchEnv
 from ddtrain.dist.group import DistContext
