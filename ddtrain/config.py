@@ -9,6 +9,7 @@ Each component receives only its own section (``cfg.model``, ``cfg.comm`` ...).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -187,6 +188,8 @@ def _choice(key: str, value: str, allowed: typing.Iterable[str]) -> None:
 
 
 def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
     if value < 0 or (value == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
         raise ConfigError(f"{key}={value!r} must be {bound}")
@@ -200,7 +203,9 @@ def from_mapping(raw: Mapping[str, Any]) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]}; top-level keys are: {', '.join(sorted(sections))}")
 
-    model_raw = dict(raw.get("model", {}))
+    model_raw = raw.get("model", {})
+    if not isinstance(model_raw, Mapping):
+        raise ConfigError(f"model={model_raw!r} must be a group of keys; e.g. model=gpt or model.dim=256")
     model_name = model_raw.get("name", "mlp")
     _choice("model", model_name, MODEL_SCHEMAS)
     cfg = TrainConfig(

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import sys
+import time
 
 EXIT_BAD_INPUT = 2
+# Under mpirun the first rank to exit gets the others killed. For an error every rank hits
+# alike (a bad override), rank 0 reports it and the others hold back this long so that the
+# report is printed before the launcher tears the job down.
+_QUIET_RANK_DELAY_S = 3.0
 
 
-def fail(message: str, rank: int = 0) -> None:
-    """Print ``ddtrain: error: <message>`` (rank 0 only, so N ranks don't say it N times), exit 2."""
-    if rank == 0:
+def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True) -> None:
+    """Print ``ddtrain: error: <message>`` and exit 2.
+
+    ``same_on_all_ranks``: the error follows from input every rank shares (the config), so only
+    rank 0 says it. Otherwise (a file missing on one node ...) every failing rank says it, tagged.
+    """
+    if not same_on_all_ranks:
+        print(f"ddtrain: error: [rank {rank}] {message}", file=sys.stderr, flush=True)
+    elif rank == 0:
         print(f"ddtrain: error: {message}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(_QUIET_RANK_DELAY_S)
     sys.exit(EXIT_BAD_INPUT)

@@ -57,7 +57,9 @@ class MetricsWriter:
                 self._tb.file_writer.add_summary(summary)
 
     def log(self, record: dict[str, Any]) -> None:
-        self._jsonl.write(json.dumps(record) + "\n")
+        # Non-finite floats become null: bare NaN is not JSON, and jq or a browser would choke.
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
+        self._jsonl.write(json.dumps(clean, allow_nan=False) + "\n")
         if self._tb is None:
             return
         step = record["step"]

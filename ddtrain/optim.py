@@ -20,8 +20,8 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
-    span = max(1, total - cfg.warmup_steps - 1)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    span = total - cfg.warmup_steps - 1  # decay steps after the first one
+    progress = 1.0 if span <= 0 else min(1.0, (step - cfg.warmup_steps) / span)
     if cfg.schedule == "cosine":
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
     else:  # linear

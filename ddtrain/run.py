@@ -53,7 +53,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     try:
         dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
     except ValueError as e:
-        fail(str(e), env.rank)
+        # Files can differ between nodes, so each failing rank speaks for itself.
+        fail(str(e), env.rank, same_on_all_ranks=env.world_size == 1)
 
     ctx = init_distributed(
         env, backend=cfg.comm.backend, device=cfg.trainer.device, timeout_s=cfg.comm.timeout_s

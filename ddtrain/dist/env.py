@@ -70,6 +70,29 @@ def _int(environ: Mapping[str, str], name: str, default: int | None = None) -> i
         raise LaunchEnvError(f"{name}={raw!r} is not an integer") from None
 
 
+def _tasks_on_node(environ: Mapping[str, str], node: int, world: int, nodes: int) -> int:
+    """Tasks on node ``node`` from Slurm's compressed list, e.g. "2(x3),1" (uneven layouts)."""
+    name = "SLURM_STEP_TASKS_PER_NODE" if "SLURM_STEP_TASKS_PER_NODE" in environ else "SLURM_TASKS_PER_NODE"
+    spec = environ.get(name)
+    if not spec:
+        return max(1, world // max(1, nodes))
+    try:
+        counts: list[int] = []
+        for part in spec.split(","):
+            n, _, repeat = part.partition("(x")
+            counts += [int(n)] * (int(repeat.rstrip(")")) if repeat else 1)
+        return counts[node]
+    except (ValueError, IndexError):
+        raise LaunchEnvError(f"{name}={spec!r} does not list a task count for node {node}") from None
+
+
+def _slurm_placement(environ: Mapping[str, str], world: int) -> tuple[int, int, int]:
+    """(local rank, local world size, node index) of an srun task."""
+    nodes = _int(environ, "SLURM_STEP_NUM_NODES", _int(environ, "SLURM_NNODES", 1))
+    node = _int(environ, "SLURM_NODEID", 0)
+    return _int(environ, "SLURM_LOCALID", 0), _tasks_on_node(environ, node, world, nodes), node
+
+
 def detect_launch_env(environ: Mapping[str, str]) -> LaunchEnv:
     """Map the launcher's variables to a LaunchEnv. Pure: reads only ``environ``."""
     addr = environ.get("MASTER_ADDR") or None
@@ -89,54 +112,62 @@ def detect_launch_env(environ: Mapping[str, str]) -> LaunchEnv:
             master_port=port,
             job_id=environ.get("TORCHELASTIC_RUN_ID"),
         )
-        return _checked(env, "RANK/LOCAL_RANK")
+        return _checked(env, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
     for name, marker, rank_v, size_v, lrank_v, lsize_v in _MPI_FLAVOURS:
         if marker in environ:
             rank, world = _int(environ, rank_v), _int(environ, size_v)
-            # Without a local size the launcher could not tell us the placement; assume one
-            # rank per node, the conservative choice (no loopback pinning, device 0).
-            local_world = _int(environ, lsize_v, 1)
+            if lsize_v not in environ and "SLURM_STEP_ID" in environ:
+                # srun --mpi=pmi2 exports PMI_RANK/PMI_SIZE but no local variables: the
+                # placement is Slurm's.
+                local_rank, local_world, node = _slurm_placement(environ, world)
+            else:
+                # Without a local size the launcher could not tell us the placement; assume
+                # one rank per node, the conservative choice (no loopback pinning, device 0).
+                local_world = _int(environ, lsize_v, 1)
+                local_rank = _int(environ, lrank_v, 0)
+                # MPI gives no node index; with the default block mapping it is rank // ppn.
+                node = rank // local_world
             env = LaunchEnv(
                 rank=rank,
-                local_rank=_int(environ, lrank_v, 0),
+                local_rank=local_rank,
                 world_size=world,
                 local_world_size=local_world,
-                # MPI gives no node index; with the default block mapping it is rank // ppn.
-                node_rank=rank // local_world,
+                node_rank=node,
                 launcher=name,
                 master_addr=addr,
                 master_port=port,
                 job_id=environ.get("SLURM_JOB_ID"),
             )
-            return _checked(env, rank_v)
+            return _checked(env, rank_v, size_v, lrank_v, lsize_v)
 
     if "SLURM_PROCID" in environ and "SLURM_STEP_ID" in environ:
         world = _int(environ, "SLURM_STEP_NUM_TASKS", _int(environ, "SLURM_NTASKS", 1))
-        nodes = _int(environ, "SLURM_STEP_NUM_NODES", _int(environ, "SLURM_NNODES", 1))
+        local_rank, local_world, node = _slurm_placement(environ, world)
         env = LaunchEnv(
             rank=_int(environ, "SLURM_PROCID"),
-            local_rank=_int(environ, "SLURM_LOCALID", 0),
+            local_rank=local_rank,
             world_size=world,
-            local_world_size=max(1, world // nodes),
-            node_rank=_int(environ, "SLURM_NODEID", 0),
+            local_world_size=local_world,
+            node_rank=node,
             launcher="slurm",
             master_addr=addr,
             master_port=port,
             job_id=f"{environ.get('SLURM_JOB_ID', '0')}.{environ['SLURM_STEP_ID']}",
         )
-        return _checked(env, "SLURM_PROCID")
+        return _checked(env, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID",
+                        "SLURM_STEP_TASKS_PER_NODE")
 
     return LaunchEnv(master_addr=addr, master_port=port)
 
 
-def _checked(env: LaunchEnv, rank_var: str) -> LaunchEnv:
+def _checked(env: LaunchEnv, rank_var: str, size_var: str, lrank_var: str, lsize_var: str) -> LaunchEnv:
     if env.world_size < 1:
-        raise LaunchEnvError(f"world size {env.world_size} from the {env.launcher} launcher must be >= 1")
+        raise LaunchEnvError(f"{size_var}={env.world_size} must be >= 1")
     if not 0 <= env.rank < env.world_size:
-        raise LaunchEnvError(f"{rank_var} gives rank {env.rank}, outside world size {env.world_size}")
-    if not 0 <= env.local_rank < max(env.local_world_size, 1):
+        raise LaunchEnvError(f"{rank_var}={env.rank} is outside {size_var}={env.world_size}")
+    if env.local_world_size < 1 or not 0 <= env.local_rank < env.local_world_size:
         raise LaunchEnvError(
-            f"local rank {env.local_rank} is outside local world size {env.local_world_size}"
+            f"{lrank_var}={env.local_rank} is outside {lsize_var}={env.local_world_size}"
         )
     return env

