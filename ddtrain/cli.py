@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -59,6 +60,27 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(lines)
 
 
+def _unknown_key(key: str, config_name: str, overrides: list[str]) -> str:
+    """Hydra's "Could not override 'data.batch_sizee'" (it then suggests appending with +, which
+    is wrong for a typo) becomes: which keys the selected option has, and the closest one."""
+    import difflib
+
+    from hydra import compose, initialize_config_module
+
+    section, _, leaf = key.partition(".")
+    rest = [o for o in overrides if not o.lstrip("+~").startswith(key)]
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        cfg = compose(config_name, overrides=rest)
+    node = cfg.get(section) if leaf else cfg
+    if not leaf or not hasattr(node, "keys"):
+        return f"unknown key {key}; top-level keys are: {', '.join(cfg.keys())}"
+    keys = list(node.keys())
+    close = difflib.get_close_matches(leaf, keys, n=1)
+    hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+    chosen = f"{section}={node.get('name')}" if "name" in keys else section
+    return f"{key} is not a key of {chosen}{hint}; its keys are: {', '.join(keys)}"
+
+
 def preflight(argv: list[str]) -> None:
     """Compose and validate the config the way the job will, and fail in one line if it is bad."""
     from hydra import compose, initialize_config_module
@@ -75,6 +97,12 @@ def preflight(argv: list[str]) -> None:
     except (ConfigError, LaunchEnvError) as e:
         _fail(str(e))
     except Exception as e:  # Hydra's composition errors: unknown group option, bad syntax ...
+        key = re.match(r"Could not override '([^']+)'", str(e))
+        if key:
+            try:
+                _fail(_unknown_key(key.group(1), args.config_name or "train", args.overrides))
+            except Exception:
+                pass  # fall back to Hydra's own words
         _fail(_one_line(e))
 
 

@@ -318,7 +318,8 @@ def test_torchelastic_without_rank_names_the_missing_variable():
 
 
 def test_local_rank_outside_local_world_is_rejected():
-    with pytest.raises(LaunchEnvError, match="OMPI_COMM_WORLD_LOCAL_RANK=2 is outside OMPI_COMM_WORLD_LOCAL_SIZE=2"):
+    match = "OMPI_COMM_WORLD_LOCAL_RANK=2 is outside OMPI_COMM_WORLD_LOCAL_SIZE=2"
+    with pytest.raises(LaunchEnvError, match=match):
         detect_launch_env({**OPENMPI_RANK3, "OMPI_COMM_WORLD_LOCAL_RANK": "2"})
 
 

@@ -1,0 +1,44 @@
+"""The console script on one process: bad input ends in one line and exit 2; a good run leaves
+its records where it says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli_helpers import run_cli
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["comm.bucket_mb=-1"], "comm.bucket_mb=-1.0 must be > 0"),
+        (["model=foo"], "model=foo is not allowed; choose one of: convnet, gpt, mlp, resnet, rnn"),
+        (["data.batch_size=0"], "data.batch_size=0 must be > 0"),
+        (["data.batch_size=abc"], "data.batch_size='abc' is not an integer"),
+        (["comm.dtype=int8"], "comm.dtype='int8' is not allowed; choose one of: fp32, bf16, fp16"),
+        (["data.batch_sizee=3"], "data.batch_sizee is not a key of data=synthetic (did you mean data.batch_size?)"),
+        (["model=gpt", "data=digits"], "data=digits gives images but model needs tokens"),
+        (["model=gpt", "data=chars", "data.paths=[/nonexistent/corpus.txt]"], "no such file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, needle):
+    proc = run_cli([*overrides, f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ddtrain: error:")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_single_process_run_writes_metrics_tensorboard_and_says_where(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["model=mlp", "trainer.steps=4", "trainer.log_every=2", f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    for key in ("loss", "samples_per_s", "step_time_s", "comm_exposed_s"):
+        assert all(key in r for r in records), key
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert f"tensorboard --logdir {run_dir / 'tb'}" in proc.stderr
