@@ -18,7 +18,10 @@ from tests.cli_helpers import run_cli
         (["data.batch_size=0"], "data.batch_size=0 must be > 0"),
         (["data.batch_size=abc"], "data.batch_size='abc' is not an integer"),
         (["comm.dtype=int8"], "comm.dtype='int8' is not allowed; choose one of: fp32, bf16, fp16"),
-        (["data.batch_sizee=3"], "data.batch_sizee is not a key of data=synthetic (did you mean data.batch_size?)"),
+        (
+            ["data.batch_sizee=3"],
+            "data.batch_sizee is not a key of data=synthetic (did you mean data.batch_size?)",
+        ),
         (["model=gpt", "data=digits"], "data=digits gives images but model needs tokens"),
         (["model=gpt", "data=chars", "data.paths=[/nonexistent/corpus.txt]"], "no such file"),
     ],
