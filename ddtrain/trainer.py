@@ -46,6 +46,60 @@ def _progress(enabled: bool, total: int):
     return tqdm(total=total, desc="train", unit="step", mininterval=1.0, dynamic_ncols=True)
 
 
+@dataclass
+class Replica:
+    """This rank's copy of everything one optimizer step touches."""
+
+    model: nn.Module
+    engine: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
+def build_replica(cfg: TrainConfig, ctx: DistContext, spec, on_event=None) -> Replica:
+    torch.manual_seed(cfg.seed)  # same init everywhere; rank 0's weights are broadcast anyway
+    model = build_model(cfg.model, spec).to(ctx.device)
+    engine = build_engine(model, ctx, cfg.comm, on_event=on_event)
+    optimizer, scheduler = build_optimizer(cfg.optim, model, cfg.trainer.steps)
+    return Replica(model, engine, optimizer, scheduler)
+
+
+def train_step(rep: Replica, batches: ShardedBatches, step: int, cfg: TrainConfig, clock: StepClock):
+    """One optimizer step: grad_accum micro-steps, the gradient sync, the update.
+
+    Returns this rank's mean loss (a device tensor: reading it would sync) and the host seconds
+    spent gathering batches.
+    """
+    t, device = cfg.trainer, clock.device
+    clock.start_step()
+    step_loss = torch.zeros((), device=device)
+    data_s = 0.0
+    for micro in range(t.grad_accum):
+        t0 = time.perf_counter()  # host-side batch gathering; no device sync needed
+        x, y = batches.get(step * t.grad_accum + micro)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        data_s += time.perf_counter() - t0
+        # In data-parallel training only the last micro-step communicates: the earlier ones
+        # accumulate gradients locally (no_sync).
+        last = micro == t.grad_accum - 1
+        with contextlib.nullcontext() if last else rep.engine.no_sync():
+            with _autocast(device, t.precision):
+                logits = rep.engine.module(x)
+                loss = F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
+            (loss / t.grad_accum).backward()
+        step_loss += loss.detach() / t.grad_accum
+    clock.mark("compute")
+    rep.engine.wait()  # the gradient all-reduces still in flight after backward
+    clock.mark("comm_exposed")
+    if cfg.optim.grad_clip > 0:
+        nn.utils.clip_grad_norm_(rep.model.parameters(), cfg.optim.grad_clip)
+    rep.optimizer.step()
+    rep.scheduler.step()
+    rep.optimizer.zero_grad(set_to_none=True)
+    clock.mark("optimizer")
+    return step_loss, data_s
+
+
 def train(
     cfg: TrainConfig,
     ctx: DistContext,
@@ -56,62 +110,33 @@ def train(
 ) -> TrainResult:
     """Train ``cfg`` on this rank. ``run_dir`` None: write nothing (tests); rank 0 writes otherwise."""
     t = cfg.trainer
-    torch.manual_seed(cfg.seed)  # same init everywhere; rank 0's weights are broadcast anyway
-
     if dataset is None:
         dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
-    model = build_model(cfg.model, dataset.spec).to(ctx.device)
-    engine = build_engine(model, ctx, cfg.comm, on_event=on_event)
-    optimizer, scheduler = build_optimizer(cfg.optim, model, t.steps)
+    rep = build_replica(cfg, ctx, dataset.spec, on_event)
     batches = ShardedBatches(dataset, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed)
     writer = make_writer(ctx.is_main, run_dir, to_flat_dict(cfg), cfg.tensorboard)
     clock = StepClock(ctx.device)
 
-    flops = model.flops_per_sample()
+    flops = rep.model.flops_per_sample()
     samples_per_step = ctx.world_size * cfg.data.batch_size * t.grad_accum
     tokens_per_sample = dataset.spec.seq_len if dataset.spec.kind == "tokens" else 0
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in rep.model.parameters())
     log.info(
         "model=%s (%.2fM params, %.3g GFLOP/sample fwd+bwd), data=%s, %d ranks x batch %d x accum %d",
         cfg.model.name, n_params / 1e6, flops / 1e9, cfg.data.name, ctx.world_size,
         cfg.data.batch_size, t.grad_accum,
     )
-    log.info("%s", engine.describe())
+    log.info("%s", rep.engine.describe())
 
     bar = _progress(t.progress and ctx.is_main, t.steps)
-    result = TrainResult(model=model, engine=engine)
-    step_loss = torch.zeros((), device=ctx.device)
+    result = TrainResult(model=rep.model, engine=rep.engine)
     data_s = 0.0
     for step in range(t.steps):
-        clock.start_step()
-        step_loss.zero_()
-        for micro in range(t.grad_accum):
-            t0 = time.perf_counter()  # host-side batch gathering; no device sync needed
-            x, y = batches.get(step * t.grad_accum + micro)
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            data_s += time.perf_counter() - t0
-            # In data-parallel training only the last micro-step communicates: the earlier
-            # ones accumulate gradients locally (no_sync).
-            last = micro == t.grad_accum - 1
-            with contextlib.nullcontext() if last else engine.no_sync():
-                with _autocast(ctx.device, t.precision):
-                    logits = engine.module(x)
-                    loss = F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
-                (loss / t.grad_accum).backward()
-            step_loss += loss.detach() / t.grad_accum
-        clock.mark("compute")
-        engine.wait()  # the gradient all-reduces still in flight after backward
-        clock.mark("comm_exposed")
-        if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        clock.mark("optimizer")
-
+        step_loss, step_data_s = train_step(rep, batches, step, cfg, clock)
+        data_s += step_data_s
         done = step + 1
         if done % t.log_every == 0 or done == t.steps:
-            record = _record(done, step_loss, clock.drain(), data_s, ctx, engine, scheduler)
+            record = _record(done, step_loss, clock.drain(), data_s, ctx, rep.engine, rep.scheduler)
             record["samples_per_s"] = samples_per_step / record["step_time_s"]
             record["achieved_tflops"] = record["samples_per_s"] * flops / 1e12
             if tokens_per_sample:
@@ -121,7 +146,6 @@ def train(
             writer.log(record)
             if bar is not None:
                 bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}")
-            log.debug("step %d %s", done, record)
         if bar is not None:
             bar.update(1)
 
@@ -129,7 +153,7 @@ def train(
         bar.close()
     writer.close()
     if t.save_model and ctx.is_main and run_dir is not None:
-        torch.save(model.state_dict(), run_dir / "model.pt")
+        torch.save(rep.model.state_dict(), run_dir / "model.pt")
     return result
 
 

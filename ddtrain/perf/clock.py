@@ -14,6 +14,7 @@ import torch
 
 class StepClock:
     def __init__(self, device: torch.device):
+        self.device = device
         self._cuda = device.type == "cuda"
         self._steps: list[list[tuple[str, object]]] = []
 

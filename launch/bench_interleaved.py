@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""ddtrain's reducer and torch DDP in ONE job, step by step: the least noisy comparison.
+
+Every rank holds two identical replicas of the model, one synchronised by ddtrain's reducer and
+one wrapped in torch DDP with the same bucket size, and trains them on the same batches,
+alternating which engine goes first at each step. Each timed step starts after a barrier and is
+the max over ranks. Drift in machine load (the dominant noise on shared CPUs) then hits both
+engines within milliseconds of each other, and the per-step ratio cancels it.
+
+    mpirun -np 2 python launch/bench_interleaved.py --steps 60 model=gpt
+    mpirun -np 8 python launch/bench_interleaved.py model=resnet model.depth=50 data.batch_size=64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+ENGINES = ("ddtrain", "torch_ddp")
+
+
+def load_config(overrides: list[str]):
+    from hydra import compose, initialize_config_module
+
+    import ddtrain.cli  # noqa: F401  (registers the resolvers the config refers to)
+    from ddtrain.config import from_mapping
+
+    with initialize_config_module("ddtrain.configs", version_base="1.3"):
+        raw = compose("train", overrides=overrides)
+    return from_mapping(OmegaConf.to_container(raw, resolve=True))
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, as for ddtrain")
+    args = ap.parse_args()
+
+    from ddtrain.data import ShardedBatches, build_dataset
+    from ddtrain.dist.env import detect_launch_env
+    from ddtrain.dist.group import all_max, barrier, init_distributed, shutdown
+    from ddtrain.models import INPUT_KIND
+    from ddtrain.perf.clock import StepClock
+    from ddtrain.run import cpu_threads
+    from ddtrain.trainer import build_replica, train_step
+
+    cfg = load_config(args.overrides + [f"trainer.steps={args.steps}"])
+    env = detect_launch_env(os.environ)
+    torch.set_num_threads(cpu_threads(cfg.trainer.threads, env.local_world_size))
+    ctx = init_distributed(env, backend=cfg.comm.backend, device=cfg.trainer.device,
+                           timeout_s=cfg.comm.timeout_s)
+    if ctx.world_size < 2:
+        sys.exit("bench_interleaved: run it under mpirun -np N with N >= 2 (one rank has no communication)")
+
+    dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
+    batches = ShardedBatches(dataset, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed)
+    reps = {
+        e: build_replica(dataclasses.replace(cfg, comm=dataclasses.replace(cfg.comm, engine=e)), ctx,
+                         dataset.spec)
+        for e in ENGINES
+    }
+    clocks = {e: StepClock(ctx.device) for e in ENGINES}
+    times: dict[str, list[float]] = {e: [] for e in ENGINES}
+    phases: dict[str, list[dict[str, float]]] = {e: [] for e in ENGINES}
+
+    def sync() -> None:
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()  # deliberate: a benchmark times whole steps
+
+    for step in range(args.steps):
+        for engine in ENGINES if step % 2 == 0 else ENGINES[::-1]:
+            barrier(ctx)
+            sync()
+            t0 = time.perf_counter()
+            train_step(reps[engine], batches, step, cfg, clocks[engine])
+            sync()
+            times[engine].append(all_max(ctx, time.perf_counter() - t0))
+            phases[engine] += clocks[engine].drain()
+    shutdown(ctx)
+    if not ctx.is_main:
+        return
+
+    timed = {e: v[args.warmup:] for e, v in times.items()}
+    pairs = [a / b for a, b in zip(timed["ddtrain"], timed["torch_ddp"])]
+    med = {e: statistics.median(v) for e, v in timed.items()}
+    device = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else (
+        f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s)/rank")
+    command = f"mpirun -np {ctx.world_size} python launch/bench_interleaved.py " + " ".join(
+        shlex.quote(a) for a in sys.argv[1:])
+    print(f"date: {dt.date.today().isoformat()}; device: {device}; backend: {ctx.backend}; "
+          f"ranks: {ctx.world_size}; command: `{command}`")
+    print(f"model={cfg.model.name} batch/rank={cfg.data.batch_size} bucket_mb={cfg.comm.bucket_mb} "
+          f"comm dtype={cfg.comm.dtype}; {len(pairs)} step pairs after {args.warmup} warm-up steps")
+    print()
+    print("| model | ddtrain median step (ms) | torch_ddp median step (ms) | ratio of medians | "
+          "per-step ratio median [p10, p90] |")
+    print("|---|---|---|---|---|")
+    print(f"| {cfg.model.name} | {med['ddtrain'] * 1e3:.2f} | {med['torch_ddp'] * 1e3:.2f} | "
+          f"{med['ddtrain'] / med['torch_ddp']:.3f} | {statistics.median(pairs):.3f} "
+          f"[{quantile(pairs, 0.1):.3f}, {quantile(pairs, 0.9):.3f}] |")
+    print()
+    # Rank 0's phases. torch_ddp waits for its all-reduces inside backward, so its "compute"
+    # includes them and its exposed communication reads ~0.
+    # Means, not medians: means add up to the step, and a long tail in one phase shows.
+    print("| engine (rank 0, mean) | fwd+bwd (ms) | exposed comm after backward (ms) | optimizer (ms) "
+          "| step (ms) |")
+    print("|---|---|---|---|---|")
+    for e in ENGINES:
+        ph = phases[e][args.warmup:]
+        keys = ("compute", "comm_exposed", "optimizer", "total")
+        cols = [statistics.fmean(p[k] for p in ph) * 1e3 for k in keys]
+        print(f"| {e} | " + " | ".join(f"{c:.2f}" for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
