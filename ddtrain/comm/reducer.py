@@ -195,6 +195,6 @@ class GradReducer:
     def describe(self) -> str:
         mib = [n * self.buffers[0].element_size() / MiB for n in self.plan.sizes]
         return (
-            f"{len(self.params)} tensors in {len(self.plan)} buckets "
+            f"{len(self.params)} tensors in {len(self.plan)} bucket(s) "
             f"({', '.join(f'{m:.2f}' for m in mib)} MiB, {str(self.comm_dtype).removeprefix('torch.')})"
         )

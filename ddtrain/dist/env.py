@@ -31,6 +31,7 @@ class LaunchEnv:
     master_addr: str | None = None  # set by torchrun, or exported by the user (e.g. in sbatch)
     master_port: int | None = None
     job_id: str | None = None  # the launcher's own job id, if it has one (Slurm, torchrun)
+    agent_store: bool = False  # torchrun's agent already serves the store at MASTER_ADDR:PORT
 
     @property
     def is_main(self) -> bool:
@@ -111,6 +112,7 @@ def detect_launch_env(environ: Mapping[str, str]) -> LaunchEnv:
             master_addr=addr,
             master_port=port,
             job_id=environ.get("TORCHELASTIC_RUN_ID"),
+            agent_store=environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true",
         )
         return _checked(env, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 

@@ -75,8 +75,10 @@ def rendezvous(env: LaunchEnv, timeout_s: float):
 
     timeout = _dt.timedelta(seconds=timeout_s)
     if env.master_addr and env.master_port:
-        # torchrun, or a user who exported them: rank 0 serves the store at the given address.
-        return TCPStore(env.master_addr, env.master_port, env.world_size, env.is_main,
+        # torchrun, or a user who exported them: rank 0 serves the store at the given address,
+        # unless torchrun's agent already does.
+        serve = env.is_main and not env.agent_store
+        return TCPStore(env.master_addr, env.master_port, env.world_size, serve,
                         timeout=timeout, wait_for_workers=False, use_libuv=True)
     if not env.is_mpi:
         raise RendezvousError(

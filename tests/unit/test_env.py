@@ -101,6 +101,7 @@ TORCHRUN_RANK5 = {
     "MASTER_ADDR": "10.0.0.1",
     "MASTER_PORT": "29400",
     "TORCHELASTIC_RUN_ID": "job7",
+    "TORCHELASTIC_USE_AGENT_STORE": "True",
     "TORCHELASTIC_RESTART_COUNT": "0",
     "TORCHELASTIC_MAX_RESTARTS": "0",
     "OMP_NUM_THREADS": "1",
@@ -136,7 +137,7 @@ def test_open_mpi():
         "rank": 3, "local_rank": 1, "world_size": 4, "local_world_size": 2,
         "node_rank": 1,  # rank // ranks per node under block mapping
         "launcher": "openmpi", "master_addr": None, "master_port": None, "job_id": None,
-        "is_main": False, "is_mpi": True, "single_host": False,
+        "agent_store": False, "is_main": False, "is_mpi": True, "single_host": False,
     }
 
 
@@ -144,7 +145,7 @@ def test_mpich_hydra():
     assert fields(detect_launch_env(MPICH_RANK0)) == {
         "rank": 0, "local_rank": 0, "world_size": 3, "local_world_size": 3, "node_rank": 0,
         "launcher": "mpich", "master_addr": None, "master_port": None, "job_id": None,
-        "is_main": True, "is_mpi": True, "single_host": True,
+        "agent_store": False, "is_main": True, "is_mpi": True, "single_host": True,
     }
 
 
@@ -152,7 +153,7 @@ def test_intel_mpi_reads_as_mpich():
     assert fields(detect_launch_env(INTEL_MPI_RANK5)) == {
         "rank": 5, "local_rank": 1, "world_size": 8, "local_world_size": 4, "node_rank": 1,
         "launcher": "mpich", "master_addr": None, "master_port": None, "job_id": None,
-        "is_main": False, "is_mpi": True, "single_host": False,
+        "agent_store": False, "is_main": False, "is_mpi": True, "single_host": False,
     }
 
 
@@ -160,7 +161,7 @@ def test_mvapich():
     assert fields(detect_launch_env(MVAPICH_RANK2)) == {
         "rank": 2, "local_rank": 0, "world_size": 4, "local_world_size": 2, "node_rank": 1,
         "launcher": "mvapich", "master_addr": None, "master_port": None, "job_id": None,
-        "is_main": False, "is_mpi": True, "single_host": False,
+        "agent_store": False, "is_main": False, "is_mpi": True, "single_host": False,
     }
 
 
@@ -170,7 +171,7 @@ def test_slurm_srun():
         "local_world_size": 4,  # 8 tasks over 2 nodes
         "node_rank": 1, "launcher": "slurm", "master_addr": "node001", "master_port": 29500,
         "job_id": "4242.0",  # job and step: two sruns in one allocation are two jobs
-        "is_main": False, "is_mpi": False, "single_host": False,
+        "agent_store": False, "is_main": False, "is_mpi": False, "single_host": False,
     }
 
 
@@ -191,7 +192,7 @@ def test_torchrun():
     assert fields(detect_launch_env(TORCHRUN_RANK5)) == {
         "rank": 5, "local_rank": 1, "world_size": 8, "local_world_size": 4, "node_rank": 1,
         "launcher": "torchrun", "master_addr": "10.0.0.1", "master_port": 29400, "job_id": "job7",
-        "is_main": False, "is_mpi": False, "single_host": False,
+        "agent_store": True, "is_main": False, "is_mpi": False, "single_host": False,
     }
 
 
@@ -209,7 +210,7 @@ def test_rank_and_local_rank_without_torchelastic_read_as_torchrun():
         "rank": 1, "local_rank": 1, "world_size": 2,
         "local_world_size": 2,  # no LOCAL_WORLD_SIZE: assume one node
         "node_rank": 0, "launcher": "torchrun", "master_addr": "127.0.0.1", "master_port": 12355,
-        "job_id": None, "is_main": False, "is_mpi": False, "single_host": True,
+        "job_id": None, "agent_store": False, "is_main": False, "is_mpi": False, "single_host": True,
     }
 
 
@@ -218,7 +219,7 @@ def test_plain_process_is_a_world_of_one(environ):
     assert fields(detect_launch_env(environ)) == {
         "rank": 0, "local_rank": 0, "world_size": 1, "local_world_size": 1, "node_rank": 0,
         "launcher": "single", "master_addr": None, "master_port": None, "job_id": None,
-        "is_main": True, "is_mpi": False, "single_host": True,
+        "agent_store": False, "is_main": True, "is_mpi": False, "single_host": True,
     }
 
 
@@ -252,7 +253,7 @@ def test_mpirun_inside_sbatch_is_open_mpi(daemon_step):
         "rank": 3, "local_rank": 1, "world_size": 4, "local_world_size": 2, "node_rank": 1,
         "launcher": "openmpi", "master_addr": None, "master_port": None,
         "job_id": "777",  # the allocation names the job
-        "is_main": False, "is_mpi": True, "single_host": False,
+        "agent_store": False, "is_main": False, "is_mpi": True, "single_host": False,
     }
 
 
@@ -375,3 +376,9 @@ def test_slurm_task_list_without_this_node_is_an_error_naming_it():
     environ = {**SRUN_TASK6, "SLURM_NODEID": "5", "SLURM_STEP_TASKS_PER_NODE": "4(x2)"}
     with pytest.raises(LaunchEnvError, match="SLURM_STEP_TASKS_PER_NODE"):
         detect_launch_env(environ)
+
+
+def test_torchrun_agent_store_is_noticed():
+    assert detect_launch_env(TORCHRUN_RANK5).agent_store
+    without = {k: v for k, v in TORCHRUN_RANK5.items() if k != "TORCHELASTIC_USE_AGENT_STORE"}
+    assert not detect_launch_env(without).agent_store
