@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -115,6 +117,7 @@ def train(
     rep = build_replica(cfg, ctx, dataset.spec, on_event)
     batches = ShardedBatches(dataset, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed)
     writer = make_writer(ctx.is_main, run_dir, to_flat_dict(cfg), cfg.tensorboard)
+    writer.text("config", json.dumps(dataclasses.asdict(cfg), indent=2))  # readable, nested
     clock = StepClock(ctx.device)
 
     flops = rep.model.flops_per_sample()

@@ -11,7 +11,7 @@ import torch
 from ddtrain.dist.env import LaunchEnv
 from ddtrain.dist.group import init_distributed
 from ddtrain.trainer import train
-from tests.dist.workloads import tiny
+from tests.gloo.workloads import tiny
 
 pytestmark = pytest.mark.gpu
 

@@ -44,7 +44,7 @@ def test_mpirun_two_ranks_equals_one_rank_with_twice_the_batch(tmp_path, name):
     assert "2 rank(s) via openmpi, backend gloo" in proc.stderr
     got = torch.load(dist_dir / "model.pt", weights_only=True)
     want = torch.load(ref_dir / "model.pt", weights_only=True)
-    for key in want:  # fp32 tolerance as in tests/dist/test_equivalence.py
+    for key in want:  # fp32 tolerance as in tests/gloo/test_equivalence.py
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
     # The logged loss is the mean over all ranks' samples: it matches the 1-rank loss.
     losses = [[json.loads(line)["loss"] for line in open(d / "metrics.jsonl")] for d in (dist_dir, ref_dir)]

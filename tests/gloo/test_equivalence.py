@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ddtrain.trainer import train
-from tests.dist.harness import run_ranks
-from tests.dist.workloads import MODELS, params_of, single_process, tiny, train_each
+from tests.gloo.harness import run_ranks
+from tests.gloo.workloads import MODELS, params_of, single_process, tiny, train_each
 
 B = 4  # per-rank batch
 FP32 = dict(rtol=1e-4, atol=1e-5)

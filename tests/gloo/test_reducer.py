@@ -10,9 +10,9 @@ from torch import nn
 
 from ddtrain.comm.reducer import GradReducer
 from ddtrain.trainer import train
-from tests.dist.harness import run_ranks
-from tests.dist.test_equivalence import FP32, B, assert_params_close, reference
-from tests.dist.workloads import params_of, tiny, train_each, train_with_events
+from tests.gloo.harness import run_ranks
+from tests.gloo.test_equivalence import FP32, B, assert_params_close, reference
+from tests.gloo.workloads import params_of, tiny, train_each, train_with_events
 
 
 def test_first_bucket_launches_while_backward_is_still_running():
@@ -46,7 +46,7 @@ def test_gradient_accumulation_communicates_only_on_the_last_micro_step():
 
 
 def single():
-    from tests.dist.workloads import single_process
+    from tests.gloo.workloads import single_process
 
     return single_process()
 
