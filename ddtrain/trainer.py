@@ -142,6 +142,7 @@ def train(
             record = _record(done, step_loss, clock.drain(), data_s, ctx, rep.engine, rep.scheduler)
             record["samples_per_s"] = samples_per_step / record["step_time_s"]
             record["achieved_tflops"] = record["samples_per_s"] * flops / 1e12
+            record["epoch"] = batches.epoch(done * t.grad_accum)
             if tokens_per_sample:
                 record["tokens_per_s"] = record["samples_per_s"] * tokens_per_sample
             data_s = 0.0

@@ -106,13 +106,5 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def broadcast_object(ctx: DistContext, obj):
-    if ctx.backend is None:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _coll_device(ctx: DistContext) -> torch.device:
     return ctx.device if ctx.backend == "nccl" else torch.device("cpu")

@@ -79,30 +79,31 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ConvNet(nn.Module):
-    """3x3 stem -> ``stages`` stages of BasicBlocks (width doubles, stride 2 from the second
-    stage on) -> global average pool -> Linear head."""
+def cifar_stem(channels: int, width: int, norm: str) -> nn.Module:
+    """3x3 stride-1 conv + norm + ReLU: keeps small images' resolution (He et al. section 4.2)."""
+    return nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1, bias=False), norm_layer(norm, width), nn.ReLU())
 
-    def __init__(self, cfg: ConvNetConfig, spec: DataSpec) -> None:
-        super().__init__()
-        size = spec.image_size
-        self.stem = nn.Sequential(
-            nn.Conv2d(spec.channels, cfg.width, 3, 1, 1, bias=False),
-            norm_layer(cfg.norm, cfg.width),
-            nn.ReLU(),
-        )
-        self._stem_flops = conv_flops(spec.channels, cfg.width, 3, size)
+
+class ResidualNet(nn.Module):
+    """stem -> stages of residual blocks (width doubles and stride 2 from the second stage on)
+    -> global average pool -> Linear head. ``convnet`` and ``resnet`` differ only in the stem,
+    the block and the blocks per stage."""
+
+    def _build(self, stem: nn.Module, stem_flops: int, size: int, block: type[nn.Module],
+               counts: list[int] | tuple[int, ...], width: int, norm: str, num_classes: int) -> None:
+        self.stem = stem
+        self._stem_flops = stem_flops
         blocks = []
-        c_in = cfg.width
-        for stage in range(cfg.stages):
-            planes = cfg.width * 2**stage
-            for i in range(cfg.blocks_per_stage):
+        c_in = width
+        for stage, count in enumerate(counts):
+            planes = width * 2**stage
+            for i in range(count):
                 stride = 2 if stage > 0 and i == 0 else 1
-                block = BasicBlock(c_in, planes, stride, cfg.norm, size)
-                blocks.append(block)
-                size, c_in = block.out_size, planes
+                b = block(c_in, planes, stride, norm, size)
+                blocks.append(b)
+                size, c_in = b.out_size, planes * block.expansion
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Linear(c_in, spec.num_classes)
+        self.head = nn.Linear(c_in, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))
@@ -116,3 +117,16 @@ class ConvNet(nn.Module):
         blocks = sum(b.forward_flops for b in self.blocks)
         head = 2 * self.head.in_features * self.head.out_features
         return 2 * self._stem_flops + 3 * (blocks + head)
+
+
+class ConvNet(ResidualNet):
+    """A small ResNet-style net: 3x3 stem and ``stages`` stages of ``blocks_per_stage`` BasicBlocks."""
+
+    def __init__(self, cfg: ConvNetConfig, spec: DataSpec) -> None:
+        super().__init__()
+        self._build(
+            cifar_stem(spec.channels, cfg.width, cfg.norm),
+            conv_flops(spec.channels, cfg.width, 3, spec.image_size),
+            spec.image_size, BasicBlock, [cfg.blocks_per_stage] * cfg.stages, cfg.width, cfg.norm,
+            spec.num_classes,
+        )

@@ -12,7 +12,7 @@ from torch import nn
 
 from ddtrain.config import ResNetConfig
 from ddtrain.data.spec import DataSpec
-from ddtrain.models.convnet import BasicBlock, conv_flops, conv_out, norm_layer
+from ddtrain.models.convnet import BasicBlock, ResidualNet, cifar_stem, conv_flops, conv_out, norm_layer
 
 
 class Bottleneck(nn.Module):
@@ -57,63 +57,37 @@ LAYOUTS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
 }
 
 
-class ResNet(nn.Module):
+class ResNet(ResidualNet):
     def __init__(self, cfg: ResNetConfig, spec: DataSpec) -> None:
         super().__init__()
         if cfg.depth not in LAYOUTS:
             raise ValueError(f"model.depth={cfg.depth} is not allowed; choose one of: 18, 34, 50")
         block, counts = LAYOUTS[cfg.depth]
-        stem = cfg.stem
-        if stem == "auto":
+        stem_kind = cfg.stem
+        if stem_kind == "auto":
             # The ImageNet stem divides the side by 4 before the first block; on 32 px images
             # that leaves 1x1 maps in the last stage, so small images get the CIFAR stem
             # (He et al. section 4.2 use a 3x3 stem for CIFAR).
-            stem = "cifar" if spec.image_size < 64 else "imagenet"
+            stem_kind = "cifar" if spec.image_size < 64 else "imagenet"
         size = spec.image_size
-        if stem == "imagenet":
+        if stem_kind == "imagenet":
             size = conv_out(size, 7, 2, 3)
-            self._stem_flops = conv_flops(spec.channels, cfg.width, 7, size)
-            self.stem = nn.Sequential(
+            stem_flops = conv_flops(spec.channels, cfg.width, 7, size)
+            stem = nn.Sequential(
                 nn.Conv2d(spec.channels, cfg.width, 7, 2, 3, bias=False),
                 norm_layer(cfg.norm, cfg.width),
                 nn.ReLU(),
                 nn.MaxPool2d(3, 2, 1),
             )
             size = conv_out(size, 3, 2, 1)
-        elif stem == "cifar":
-            self._stem_flops = conv_flops(spec.channels, cfg.width, 3, size)
-            self.stem = nn.Sequential(
-                nn.Conv2d(spec.channels, cfg.width, 3, 1, 1, bias=False),
-                norm_layer(cfg.norm, cfg.width),
-                nn.ReLU(),
-            )
+        elif stem_kind == "cifar":
+            stem_flops = conv_flops(spec.channels, cfg.width, 3, size)
+            stem = cifar_stem(spec.channels, cfg.width, cfg.norm)
         else:
             raise ValueError(f"model.stem={cfg.stem!r} is not allowed; choose one of: auto, imagenet, cifar")
-        self.stem_kind = stem
-
-        blocks = []
-        c_in = cfg.width
-        for stage, count in enumerate(counts):
-            planes = cfg.width * 2**stage
-            for i in range(count):
-                stride = 2 if stage > 0 and i == 0 else 1
-                b = block(c_in, planes, stride, cfg.norm, size)
-                blocks.append(b)
-                size, c_in = b.out_size, planes * block.expansion
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Linear(c_in, spec.num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))
-        return self.head(x.mean(dim=(2, 3)))
-
-    def flops_per_sample(self) -> int:
-        # Same accounting as ConvNet.flops_per_sample: 3x forward for every conv and the head,
-        # 2x for the stem (its input is the data, so no input gradient is computed).
-        # Not counted: norms, ReLU, max/average pooling, residual adds, the head bias.
-        # Sanity check (tested): at width 64 and 224 px the forward work is 1.81 / 3.66 / 4.09 G
-        # multiply-adds for depth 18 / 34 / 50, the figures torchvision's model table lists as
-        # "GFLOPS" (they are multiply-adds), so one training sample costs ~6x those in FLOPs.
-        blocks = sum(b.forward_flops for b in self.blocks)
-        head = 2 * self.head.in_features * self.head.out_features
-        return 2 * self._stem_flops + 3 * (blocks + head)
+        self.stem_kind = stem_kind
+        # Same FLOP accounting as ConvNet (ResidualNet.flops_per_sample). Sanity check (tested):
+        # at width 64 and 224 px the forward work is 1.81 / 3.66 / 4.09 G multiply-adds for
+        # depth 18 / 34 / 50, the figures torchvision's model table lists as "GFLOPS" (they are
+        # multiply-adds), so one training sample costs ~6x those in FLOPs.
+        self._build(stem, stem_flops, size, block, counts, cfg.width, cfg.norm, spec.num_classes)
