@@ -65,10 +65,12 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     )
     try:
         result = train(cfg, ctx, run_dir, dataset=dataset)
+        history = result.history
+        del result  # the engine (and its hooks) must go before the group does: see shutdown()
     finally:
         shutdown(ctx)
-    if ctx.is_main and result.history:
-        last = result.history[-1]
+    if ctx.is_main and history:
+        last = history[-1]
         log.info(
             "done: step %d loss %.4f, %.1f samples/s, step %.4f s",
             last["step"], last["loss"], last["samples_per_s"], last["step_time_s"],
