@@ -46,6 +46,15 @@ def conv_flops(c_in: int, c_out: int, kernel: int, out_size: int) -> int:
     return 2 * c_in * kernel * kernel * c_out * out_size * out_size
 
 
+def shortcut(c_in: int, c_out: int, stride: int, norm: str, out_size: int) -> tuple[nn.Module, int]:
+    """A residual block's shortcut and its forward FLOPs: the identity when shapes match, else a
+    1x1 conv with the block's stride and a norm ("option B" of He et al.)."""
+    if stride == 1 and c_in == c_out:
+        return nn.Identity(), 0
+    proj = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm_layer(norm, c_out))
+    return proj, conv_flops(c_in, c_out, 1, out_size)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual connection (He et al., "Deep Residual Learning", 2016).
 
@@ -66,12 +75,8 @@ class BasicBlock(nn.Module):
         self.forward_flops = conv_flops(c_in, planes, 3, self.out_size) + conv_flops(
             planes, c_out, 3, self.out_size
         )
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm_layer(norm, c_out)
-            )
-            self.forward_flops += conv_flops(c_in, c_out, 1, self.out_size)
+        self.shortcut, flops = shortcut(c_in, c_out, stride, norm, self.out_size)
+        self.forward_flops += flops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.norm1(self.conv1(x)))

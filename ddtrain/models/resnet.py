@@ -12,7 +12,15 @@ from torch import nn
 
 from ddtrain.config import ResNetConfig
 from ddtrain.data.spec import DataSpec
-from ddtrain.models.convnet import BasicBlock, ResidualNet, cifar_stem, conv_flops, conv_out, norm_layer
+from ddtrain.models.convnet import (
+    BasicBlock,
+    ResidualNet,
+    cifar_stem,
+    conv_flops,
+    conv_out,
+    norm_layer,
+    shortcut,
+)
 
 
 class Bottleneck(nn.Module):
@@ -35,12 +43,8 @@ class Bottleneck(nn.Module):
             + conv_flops(planes, planes, 3, self.out_size)
             + conv_flops(planes, c_out, 1, self.out_size)
         )
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm_layer(norm, c_out)
-            )
-            self.forward_flops += conv_flops(c_in, c_out, 1, self.out_size)
+        self.shortcut, flops = shortcut(c_in, c_out, stride, norm, self.out_size)
+        self.forward_flops += flops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.norm1(self.conv1(x)))
