@@ -159,12 +159,15 @@ class GradReducer:
         for work in self._works:
             work.wait()
         for p, view in zip(self.params, self.slot_views):
-            if p.grad is not None and p.grad.dtype != view.dtype:
-                p.grad.copy_(view.view_as(p))  # cast back from the comm dtype
+            averaged = view.view_as(p)
+            if view.dtype == p.dtype:
+                # The gradient *is* the bucket slice, no copy back. zero_grad() (set_to_none)
+                # drops this alias before the next backward refills the bucket.
+                p.grad = averaged
+            elif p.grad is not None:
+                p.grad.copy_(averaged)  # cast back from the comm dtype
             else:
-                # Same dtype: the gradient *is* the bucket slice, no copy back. zero_grad()
-                # (set_to_none) drops this alias before the next backward refills the bucket.
-                p.grad = view.view_as(p)
+                p.grad = averaged.to(p.dtype)  # no local gradient this step (see below)
         self._reset()
 
     def _complete_unfinished(self) -> None:

@@ -12,7 +12,7 @@ from ddtrain.comm.reducer import GradReducer
 from ddtrain.trainer import train
 from tests.gloo.harness import run_ranks
 from tests.gloo.test_equivalence import FP32, B, assert_params_close, reference
-from tests.gloo.workloads import params_of, tiny, train_each, train_with_events
+from tests.gloo.workloads import params_of, single_process, tiny, train_each, train_with_events
 
 
 def test_first_bucket_launches_while_backward_is_still_running():
@@ -42,13 +42,7 @@ def test_gradient_accumulation_communicates_only_on_the_last_micro_step():
     assert kinds.count("launch") == steps * n_buckets
     # Same parameters as one rank taking the whole global batch (world * B * accum) at once.
     ref_cfg = tiny("gpt", batch=world * B * accum, steps=steps)
-    assert_params_close(rank0["params"], params_of(train(ref_cfg, single())), **FP32, what="accum")
-
-
-def single():
-    from tests.gloo.workloads import single_process
-
-    return single_process()
+    assert_params_close(rank0["params"], params_of(train(ref_cfg, single_process())), **FP32, what="accum")
 
 
 # Low-precision communication rounds every gradient to 8 (bf16) or 11 (fp16) mantissa bits
@@ -94,8 +88,11 @@ def unused_on_rank1(ctx, comm_dtype: str) -> dict:
     return {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
 
 
-def test_a_parameter_without_gradient_on_one_rank_is_reduced_as_zero():
-    grads = run_ranks(2, unused_on_rank1, "fp32")
+# bf16 too: the missing gradient then has to be created in the parameter's dtype, not the
+# bucket's. The expected values (1 and 3) are exact in bf16.
+@pytest.mark.parametrize("comm_dtype", ["fp32", "bf16"])
+def test_a_parameter_without_gradient_on_one_rank_is_reduced_as_zero(comm_dtype):
+    grads = run_ranks(2, unused_on_rank1, comm_dtype)
     # rank 0 alone produced gradients for 'sometimes' (x = 1): sum over batch of 2 -> 2 per
     # weight entry; the average with rank 1's zero is 1.
     np.testing.assert_allclose(grads[0]["sometimes.weight"], np.full((4, 4), 1.0))
