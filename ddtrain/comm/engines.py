@@ -79,8 +79,7 @@ class TorchDDPEngine:
         )
         if comm.dtype != "fp32":
             self.module.register_comm_hook(state=None, hook=_cast_hook(COMM_DTYPES[comm.dtype]))
-        self._dtype = comm.dtype
-        self._bucket_mb = comm.bucket_mb
+        self._comm = comm
 
     def no_sync(self) -> ContextManager:
         return self.module.no_sync()
@@ -89,7 +88,7 @@ class TorchDDPEngine:
         pass
 
     def describe(self) -> str:
-        return f"torch DDP baseline: bucket_cap_mb={self._bucket_mb}, comm dtype {self._dtype}"
+        return f"torch DDP baseline: bucket_cap_mb={self._comm.bucket_mb}, comm dtype {self._comm.dtype}"
 
 
 def _cast_hook(dtype: torch.dtype):
