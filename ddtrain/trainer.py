@@ -18,7 +18,7 @@ from torch import nn
 from ddtrain.comm.engines import build_engine
 from ddtrain.config import TrainConfig, to_flat_dict
 from ddtrain.data import ShardedBatches, build_dataset
-from ddtrain.dist.group import DistContext, all_max, all_mean
+from ddtrain.dist.group import DistContext, all_max_each, all_mean
 from ddtrain.metrics import make_writer
 from ddtrain.models import INPUT_KIND, build_model
 from ddtrain.optim import build_optimizer
@@ -133,10 +133,10 @@ def train(
 
     bar = _progress(t.progress and ctx.is_main, t.steps)
     result = TrainResult(model=rep.model, engine=rep.engine)
-    data_s = 0.0
+    data_s: list[float] = []
     for step in range(t.steps):
         step_loss, step_data_s = train_step(rep, batches, step, cfg, clock)
-        data_s += step_data_s
+        data_s.append(step_data_s)
         done = step + 1
         if done % t.log_every == 0 or done == t.steps:
             record = _record(done, step_loss, clock.drain(), data_s, ctx, rep.engine, rep.scheduler)
@@ -145,7 +145,7 @@ def train(
             record["epoch"] = batches.epoch(done * t.grad_accum)
             if tokens_per_sample:
                 record["tokens_per_s"] = record["samples_per_s"] * tokens_per_sample
-            data_s = 0.0
+            data_s = []
             result.history.append(record)
             writer.log(record)
             if bar is not None:
@@ -162,21 +162,36 @@ def train(
 
 
 def _record(step, step_loss, steps, data_s, ctx, engine, scheduler) -> dict[str, Any]:
-    """One log line. Collectives here run on logging steps only, never per step."""
-    n = len(steps)
+    """One log line for the steps since the last one. Collectives here run on logging steps
+    only, never per step.
+
+    ``per_step`` keeps every step's timing so a study can drop warm-up steps and take medians
+    and p90s: the step time is the max over ranks (a data-parallel step is as slow as its
+    slowest rank); the phase split is this rank's (rank 0 writes the file).
+    """
     loss = float(all_mean(ctx, step_loss).item())  # mean over all ranks' samples of this step
-    # A data-parallel step is as slow as its slowest rank.
-    step_time = all_max(ctx, sum(s["total"] for s in steps) / n)
-    data = data_s / n
-    exposed = sum(s["comm_exposed"] for s in steps) / n
+    step_times = all_max_each(ctx, [s["total"] for s in steps])
+    per_step = {
+        "step_time_s": step_times,
+        "compute_s": [s["compute"] - d for s, d in zip(steps, data_s, strict=True)],
+        "data_s": list(data_s),
+        "comm_exposed_s": [s["comm_exposed"] for s in steps] if engine.measures_exposed_comm else None,
+        "optimizer_s": [s["optimizer"] for s in steps],
+    }
+
+    def mean(key):
+        values = per_step[key]
+        return None if values is None else sum(values) / len(values)
+
     return {
         "step": step,
         "loss": loss,
         "lr": scheduler.get_last_lr()[0],
-        "step_time_s": step_time,
-        "compute_s": sum(s["compute"] for s in steps) / n - data,
-        "data_s": data,
-        "comm_exposed_s": exposed if engine.measures_exposed_comm else None,
-        "optimizer_s": sum(s["optimizer"] for s in steps) / n,
+        "step_time_s": mean("step_time_s"),
+        "compute_s": mean("compute_s"),
+        "data_s": mean("data_s"),
+        "comm_exposed_s": mean("comm_exposed_s"),
+        "optimizer_s": mean("optimizer_s"),
         "world_size": ctx.world_size,
+        "per_step": per_step,
     }

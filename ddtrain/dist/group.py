@@ -104,13 +104,13 @@ def all_mean(ctx: DistContext, t: torch.Tensor) -> torch.Tensor:
     return out / ctx.world_size
 
 
-def all_max(ctx: DistContext, value: float) -> float:
-    """Max of a host float over ranks: e.g. a step time, which is set by the slowest rank."""
-    if ctx.backend is None:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_coll_device(ctx))
+def all_max_each(ctx: DistContext, values: list[float]) -> list[float]:
+    """Elementwise max over ranks of a list of host floats, in one collective."""
+    if ctx.backend is None or not values:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_coll_device(ctx))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return t.tolist()
 
 
 def barrier(ctx: DistContext) -> None:
