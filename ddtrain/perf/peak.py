@@ -63,10 +63,10 @@ PEAK_TABLE: dict[str, _Entry] = {
     # Tesla P100 datasheet: SXM2 FP32 10.6, FP16 21.2; PCIe FP32 9.3, FP16 18.7 (no tensor cores).
     "p100_sxm2": _Entry({"fp32": 10.6, "fp16": 21.2}, "P100 datasheet, SXM2"),
     "p100_pcie": _Entry({"fp32": 9.3, "fp16": 18.7}, "P100 datasheet, PCIe"),
-    # GeForce GTX TITAN X (Maxwell GM200, 2015): 3072 CUDA cores x 1.075 GHz boost x 2 FLOP/FMA
-    # = 6.6 TFLOP/s FP32; GM200 has no fast FP16. Diamos et al. (2016) quote 2.8 TFLOP/s as
-    # "about 45% of theoretical peak" on this GPU, i.e. a peak of ~6.2 at base clocks.
-    "titanx_maxwell": _Entry({"fp32": 6.6}, "GTX TITAN X spec: 3072 cores x 1.075 GHz x 2"),
+    # GeForce GTX TITAN X (Maxwell GM200, 2015): 3072 CUDA cores x 2 FLOP/FMA x 1.0 GHz base
+    # clock = 6.14 TFLOP/s FP32 (6.6 at the 1.075 GHz boost). 6.14 is the figure Diamos et al.
+    # (2016) use: they call 2.8 TFLOP/s "about 45% of theoretical peak". No fast FP16 on GM200.
+    "titanx_maxwell": _Entry({"fp32": 6.14}, "GTX TITAN X: 3072 cores x 2 x 1.0 GHz base clock"),
 }
 
 # torch.cuda.get_device_name() -> table key. Order matters: the first match wins, so variants

@@ -1,0 +1,276 @@
+"""A performance model of one data-parallel training step, from measured single-worker inputs.
+
+Inputs (``Profile``): one worker's forward, backward, optimizer and data time at its batch; the
+gradient buckets in launch order, each with its size and the point in backward when its last
+gradient is ready; the step-time jitter. Plus a ``Cluster``: GPUs per node, intra- and
+inter-node bandwidth and latency, and the all-reduce algorithm.
+
+A step at N workers is predicted as
+
+    step(N) = data + S_N * (forward + backward) + exposed_comm(N) + optimizer
+
+* All-reduces run one at a time on one stream (as in ddtrain's reducer, DDP and Horovod), each
+  starting when its bucket is ready and the previous one has finished. Whatever finishes after
+  backward is exposed; the rest hid behind the remaining backward.
+* Each all-reduce costs alpha-beta (Hockney) time for its algorithm (``allreduce_time``).
+* S_N = 1 + z_N * cv is the straggler factor: a synchronous step waits for the slowest of N
+  workers, and the expected maximum of N normal samples is mean + z_N * sd (z_2 = 0.56,
+  z_128 = 2.6). ``cv`` is the measured step-time jitter (sd / median) of one worker.
+
+Pure functions only: no torch, no process group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+ALGORITHMS = ("ring", "tree", "hierarchical")
+
+
+@dataclass(frozen=True)
+class Bucket:
+    nbytes: int
+    ready: float  # fraction of backward elapsed when the bucket's last gradient exists, in [0, 1]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One worker, measured (or, for validation, recorded from a paper)."""
+
+    batch: int  # per-worker batch the times are for
+    forward_s: float
+    backward_s: float
+    optimizer_s: float
+    data_s: float
+    buckets: tuple[Bucket, ...]  # launch order
+    flops_per_sample: float  # training (forward + backward) FLOPs
+    cv: float = 0.0  # step-time jitter of one worker: sd / median
+    overlap: bool = True  # False: all-reduces start only after backward (no hooks)
+
+    @property
+    def compute_s(self) -> float:
+        return self.forward_s + self.backward_s
+
+    @property
+    def step_s(self) -> float:
+        return self.data_s + self.compute_s + self.optimizer_s
+
+    @property
+    def grad_bytes(self) -> int:
+        return sum(b.nbytes for b in self.buckets)
+
+    def at_batch(self, batch: int) -> Profile:
+        """The same worker at another per-worker batch (strong scaling), assuming time per
+        sample stays constant. Optimistic for small batches, where GPUs lose efficiency; a
+        study measures every batch it runs and uses this only for sizes it only predicts."""
+        f = batch / self.batch
+        return dataclasses.replace(
+            self, batch=batch, forward_s=self.forward_s * f, backward_s=self.backward_s * f,
+            data_s=self.data_s * f,
+        )
+
+    def scaled_compute(self, factor: float) -> Profile:
+        """Compute phases ``factor`` times as long: the profile carried to another device."""
+        return dataclasses.replace(
+            self, forward_s=self.forward_s * factor, backward_s=self.backward_s * factor,
+            optimizer_s=self.optimizer_s * factor,
+        )
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    device: str  # peak-table key of the workers' device ("" = the machine the study runs on)
+    gpus_per_node: int
+    intra_bw_GBps: float  # achievable all-reduce bus bandwidth inside a node, per GPU
+    intra_latency_us: float  # per algorithm step inside a node
+    inter_bw_GBps: float  # achievable network bandwidth per node (all its NICs together)
+    inter_latency_us: float  # per algorithm step across nodes
+    algorithm: str = "ring"  # ring | tree | hierarchical
+    overhead_us: float = 0.0  # fixed cost per collective (launch, framework bookkeeping)
+    cv: float | None = None  # step-time jitter to assume; None: use the profile's measured one
+    description: str = ""
+
+    @classmethod
+    def from_mapping(cls, raw) -> Cluster:
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in raw if k not in names]
+        if unknown:
+            raise ValueError(f"unknown key cluster.{unknown[0]}; cluster takes: {', '.join(names)}")
+        return cls(**dict(raw))
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"cluster.algorithm={self.algorithm!r} is not allowed; choose one of: "
+                             f"{', '.join(ALGORITHMS)}")
+        for key in ("gpus_per_node", "intra_bw_GBps", "inter_bw_GBps"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"cluster.{key}={getattr(self, key)!r} must be > 0")
+        for key in ("intra_latency_us", "inter_latency_us", "overhead_us"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"cluster.{key}={getattr(self, key)!r} must be >= 0")
+
+
+def allreduce_time(nbytes: float, n: int, c: Cluster) -> float:
+    """Seconds for one all-reduce of ``nbytes`` over ``n`` workers on cluster ``c``.
+
+    ring: 2(n-1) steps, each moving nbytes/n; every step waits for the slowest hop, so across
+        nodes a step costs the inter-node latency. Bandwidth: a ring crosses each node boundary
+        once per channel and NCCL runs one channel per NIC, so the bus bandwidth is the node's
+        total network bandwidth (capped by the intra-node one).
+    tree: NCCL's double binary tree; same bandwidth, latency 2 log2(nodes) inter-node hops plus
+        a chain inside each node.
+    hierarchical: reduce-scatter inside the node, ring all-reduce of 1/g of the data across
+        nodes (the g GPUs of a node share its NICs), all-gather inside the node.
+    """
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    g = min(c.gpus_per_node, n)
+    nodes = math.ceil(n / c.gpus_per_node)
+    intra_bw, inter_bw = c.intra_bw_GBps * 1e9, c.inter_bw_GBps * 1e9
+    lat_intra, lat_inter = c.intra_latency_us * 1e-6, c.inter_latency_us * 1e-6
+    traffic = 2 * (n - 1) / n * nbytes  # bytes each worker sends (and receives)
+    if nodes == 1:
+        t = 2 * (n - 1) * lat_intra + traffic / intra_bw
+    elif c.algorithm == "ring":
+        t = 2 * (n - 1) * lat_inter + traffic / min(intra_bw, inter_bw)
+    elif c.algorithm == "tree":
+        hops = 2 * (math.ceil(math.log2(nodes)) * lat_inter + (g - 1) * lat_intra)
+        t = hops + traffic / min(intra_bw, inter_bw)
+    else:  # hierarchical
+        local = 2 * ((g - 1) * lat_intra + (g - 1) / g * nbytes / intra_bw)
+        t = local + 2 * (nodes - 1) * lat_inter + 2 * (nodes - 1) / nodes * nbytes / inter_bw
+    return t + c.overhead_us * 1e-6
+
+
+def straggler_factor(n: int, cv: float) -> float:
+    """E[max of n workers' compute] / one worker's, for normal jitter with sd = cv * mean.
+    Blom's approximation of the expected maximum of n standard normals."""
+    if n <= 1 or cv <= 0:
+        return 1.0
+    z = NormalDist().inv_cdf((n - 0.375) / (n + 0.25))
+    return 1.0 + z * cv
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    world_size: int
+    step_s: float
+    compute_s: float  # forward + backward, straggler included
+    comm_s: float  # all all-reduces, end to end, if nothing overlapped
+    comm_exposed_s: float  # the part that did not hide behind backward
+    straggler: float
+
+    @property
+    def comm_hidden_frac(self) -> float:
+        return 1.0 - self.comm_exposed_s / self.comm_s if self.comm_s > 0 else 1.0
+
+
+def predict_step(p: Profile, c: Cluster, n: int) -> StepPrediction:
+    cv = p.cv if c.cv is None else c.cv
+    s = straggler_factor(n, cv)
+    fwd, bwd = s * p.forward_s, s * p.backward_s
+    end = 0.0
+    comm = 0.0
+    for b in p.buckets:
+        t = allreduce_time(b.nbytes, n, c)
+        ready = fwd + (b.ready * bwd if p.overlap else bwd)
+        end = max(end, ready) + t
+        comm += t
+    exposed = max(0.0, end - (fwd + bwd)) if p.buckets and n > 1 else 0.0
+    step = p.data_s + fwd + bwd + exposed + p.optimizer_s
+    return StepPrediction(n, step, fwd + bwd, comm, exposed, s)
+
+
+@dataclass(frozen=True)
+class ScalingPoint:
+    world_size: int
+    mode: str  # weak | strong
+    batch_per_worker: int
+    step_s: float
+    samples_per_s: float
+    speedup: float
+    efficiency: float  # throughput_N / (N * throughput_1)
+    tflops_per_worker: float
+    comm_s: float
+    comm_exposed_s: float
+    compute_s: float
+
+
+def scaling_curve(p: Profile, c: Cluster, world_sizes: list[int], mode: str,
+                  global_batch: int | None = None) -> list[ScalingPoint]:
+    """Predicted points. weak: every worker keeps ``p.batch``; strong: the global batch
+    (default ``p.batch``) is split over N workers (N must divide it)."""
+    if mode not in ("weak", "strong"):
+        raise ValueError(f"mode={mode!r} is not allowed; choose one of: weak, strong")
+    gb = global_batch or p.batch
+    base = p if mode == "weak" else p.at_batch(gb)
+    t1 = predict_step(base, c, 1).step_s
+    rate1 = base.batch / t1
+    out = []
+    for n in world_sizes:
+        if mode == "strong" and gb % n:
+            raise ValueError(f"strong scaling: global batch {gb} is not divisible by {n} workers")
+        prof = base if mode == "weak" else p.at_batch(gb // n)
+        pred = predict_step(prof, c, n)
+        rate = n * prof.batch / pred.step_s
+        out.append(ScalingPoint(
+            world_size=n, mode=mode, batch_per_worker=prof.batch, step_s=pred.step_s,
+            samples_per_s=rate, speedup=rate / rate1, efficiency=rate / (n * rate1),
+            tflops_per_worker=prof.batch * p.flops_per_sample / pred.step_s / 1e12,
+            comm_s=pred.comm_s, comm_exposed_s=pred.comm_exposed_s, compute_s=pred.compute_s,
+        ))
+    return out
+
+
+def buckets_from_layers(layers: list[tuple[int, float]], bucket_bytes: int, bytes_per_param: int = 4,
+                        ) -> tuple[Bucket, ...]:
+    """Buckets for a model given as ``[(params, backward_cost), ...]`` in forward order.
+
+    Backward visits layers last to first; a layer's gradients exist once its backward is done,
+    so its ready point is the cumulative backward cost up to and including it. Layers are
+    packed into buckets of at most ``bucket_bytes`` (a layer bigger than that gets its own),
+    and a bucket is ready when its last layer is.
+    """
+    total = sum(cost for _, cost in layers) or 1.0
+    out: list[Bucket] = []
+    size, done, ready = 0, 0.0, 0.0
+    for params, cost in reversed(layers):
+        done += cost
+        nbytes = params * bytes_per_param
+        if size and size + nbytes > bucket_bytes:
+            out.append(Bucket(size, ready))
+            size = 0
+        size += nbytes
+        ready = done / total
+    if size:
+        out.append(Bucket(size, ready))
+    return tuple(out)
+
+
+def fusion_buckets(layers: list[tuple[int, float]], backward_s: float, cycle_s: float, cap_bytes: int,
+                   bytes_per_param: int = 4) -> tuple[Bucket, ...]:
+    """Horovod-style tensor fusion: every ``cycle_s`` the gradients that became ready during the
+    cycle go out as one all-reduce (split at ``cap_bytes``). ``layers`` as in
+    ``buckets_from_layers``; a layer's backward cost is spread over ``backward_s``."""
+    total = sum(cost for _, cost in layers) or 1.0
+    out: list[Bucket] = []
+    size, done, cycle_end = 0, 0.0, cycle_s / backward_s
+    for params, cost in reversed(layers):
+        done += cost / total
+        while done > cycle_end and size:  # the cycle closed before this layer was ready
+            out.append(Bucket(size, min(cycle_end, 1.0)))
+            size = 0
+        while done > cycle_end:
+            cycle_end += cycle_s / backward_s
+        nbytes = params * bytes_per_param
+        if size and size + nbytes > cap_bytes:
+            out.append(Bucket(size, cycle_end))
+            size = 0
+        size += nbytes
+    if size:
+        out.append(Bucket(size, min(cycle_end, 1.0)))
+    return tuple(out)
