@@ -81,7 +81,7 @@ def _unknown_key(key: str, config_name: str, overrides: list[str]) -> str:
     return f"{key} is not a key of {chosen}{hint}; its keys are: {', '.join(keys)}"
 
 
-def preflight(argv: list[str]) -> None:
+def preflight(argv: list[str], config_name: str = "train", validate=from_mapping) -> None:
     """Compose and validate the config the way the job will, and fail in one line if it is bad."""
     from hydra import compose, initialize_config_module
     from hydra._internal.utils import get_args_parser
@@ -92,15 +92,15 @@ def preflight(argv: list[str]) -> None:
     try:
         _launch_env()
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(args.config_name or "train", overrides=args.overrides)
-        from_mapping(OmegaConf.to_container(cfg, resolve=True))
+            cfg = compose(args.config_name or config_name, overrides=args.overrides)
+        validate(OmegaConf.to_container(cfg, resolve=True))
     except (ConfigError, LaunchEnvError) as e:
         _fail(str(e))
     except Exception as e:  # Hydra's composition errors: unknown group option, bad syntax ...
         key = re.match(r"Could not override '([^']+)'", str(e))
         if key:
             try:
-                _fail(_unknown_key(key.group(1), args.config_name or "train", args.overrides))
+                _fail(_unknown_key(key.group(1), args.config_name or config_name, args.overrides))
             except Exception:
                 pass  # fall back to Hydra's own words
         _fail(_one_line(e))

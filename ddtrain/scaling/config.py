@@ -1,0 +1,126 @@
+"""The ``scale`` and ``cluster`` sections of ``ddtrain-scale``'s config, typed and validated.
+
+The rest of the config is a normal training config (same groups as ``ddtrain``) and goes
+through ``ddtrain.config.from_mapping``, so a study trains exactly what ``ddtrain`` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ddtrain.config import ConfigError, TrainConfig, _build, _choice, _positive, from_mapping
+from ddtrain.scaling.model import Cluster
+
+MODES = ("weak", "strong", "both")
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    world_sizes: tuple[int, ...] = (1, 2)
+    mode: str = "weak"  # weak: per-worker batch fixed | strong: global batch fixed | both
+    global_batch: int = 0  # strong: 0 = data.batch_size x max(world_sizes)
+    warmup_steps: int = 5  # per world size, excluded from every statistic
+    steps: int = 30  # measured steps per world size, after warm-up
+    predict_to: int = 0  # also model powers of two up to this many workers (0: measured sizes only)
+    predict_only: bool = False  # run no training; model every size from a one-worker profile
+    launcher: str = "mpirun"  # mpirun | srun
+    hostfile: str = ""  # mpirun --hostfile (empty: this machine)
+    launcher_args: tuple[str, ...] = ()  # extra launcher arguments, e.g. ["--bind-to","none"]
+    threads_per_rank: int = 0  # CPU: 0 = cores // max(world_sizes), the same at every size
+    peak: str = "auto"  # auto | measure | a peak-table device key (see ddtrain/perf/peak.py)
+    allreduce_max_mb: float = 64.0  # largest message of the all-reduce calibration
+    timeout_s: float = 900.0  # per launched job
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return ("weak", "strong") if self.mode == "both" else (self.mode,)
+
+    def sizes_to_predict(self) -> list[int]:
+        sizes = set(self.world_sizes)
+        n = 1
+        while n <= self.predict_to:
+            sizes.add(n)
+            n *= 2
+        if self.predict_to:
+            sizes.add(self.predict_to)
+        return sorted(sizes)
+
+    def strong_global_batch(self, per_worker: int) -> int:
+        return self.global_batch or per_worker * max(self.world_sizes)
+
+
+def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
+    sc = _build(ScaleConfig, raw, "scale")
+    if not sc.world_sizes:
+        raise ConfigError("scale.world_sizes is empty; write e.g. scale.world_sizes=[1,2,4]")
+    for n in sc.world_sizes:
+        if n < 1:
+            raise ConfigError(f"scale.world_sizes contains {n}; every size must be >= 1")
+    sc = dataclasses.replace(sc, world_sizes=tuple(sorted(set(sc.world_sizes))))
+    _choice("scale.mode", sc.mode, MODES)
+    _choice("scale.launcher", sc.launcher, ("mpirun", "srun"))
+    if not sc.predict_only and 1 not in sc.world_sizes:
+        raise ConfigError(
+            f"scale.world_sizes={list(sc.world_sizes)} lacks 1; efficiency is measured against one "
+            "worker, so add 1 (e.g. scale.world_sizes=[1,2,4])"
+        )
+    if sc.steps < 3:
+        raise ConfigError(f"scale.steps={sc.steps} must be >= 3 (medians and p90 need a few steps)")
+    _positive("scale.warmup_steps", sc.warmup_steps, zero_ok=True)
+    _positive("scale.predict_to", sc.predict_to, zero_ok=True)
+    _positive("scale.global_batch", sc.global_batch, zero_ok=True)
+    _positive("scale.threads_per_rank", sc.threads_per_rank, zero_ok=True)
+    _positive("scale.allreduce_max_mb", sc.allreduce_max_mb)
+    _positive("scale.timeout_s", sc.timeout_s)
+    return sc
+
+
+def parse_cluster(raw: Mapping[str, Any]) -> Cluster:
+    raw = dict(raw)
+    cv = raw.pop("cv", None)
+    if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, float)) or cv < 0):
+        raise ConfigError(f"cluster.cv={cv!r} must be a number >= 0, or null to use the measured jitter")
+
+    @dataclass(frozen=True)
+    class _Typed:  # Cluster's fields minus cv, for the shared type checks
+        name: str = ""
+        device: str = ""
+        gpus_per_node: int = 1
+        intra_bw_GBps: float = 1.0
+        intra_latency_us: float = 0.0
+        inter_bw_GBps: float = 1.0
+        inter_latency_us: float = 0.0
+        algorithm: str = "ring"
+        overhead_us: float = 0.0
+        description: str = ""
+
+    typed = _build(_Typed, raw, "cluster")
+    try:
+        return Cluster(**dataclasses.asdict(typed), cv=None if cv is None else float(cv))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_study(raw: Mapping[str, Any]) -> tuple[TrainConfig, ScaleConfig, Cluster]:
+    """Validate a composed ``ddtrain-scale`` config: (training config, study, cluster)."""
+    raw = {k: v for k, v in raw.items() if k != "hydra"}
+    sc = parse_scale(raw.pop("scale", {}) or {})
+    cluster = parse_cluster(raw.pop("cluster", {}) or {})
+    cfg = from_mapping(raw)
+    if "strong" in sc.modes:
+        gb = sc.strong_global_batch(cfg.data.batch_size)
+        bad = [n for n in sc.world_sizes if gb % n]
+        if bad:
+            raise ConfigError(
+                f"strong scaling: the global batch {gb} does not split over {bad[0]} workers; set "
+                "scale.global_batch to a multiple of every world size"
+            )
+    if sc.predict_only and not cluster.device:
+        raise ConfigError(
+            "scale.predict_only=true needs a cluster preset to predict for (e.g. cluster=dgx_h100); "
+            "cluster=local is calibrated from measured runs"
+        )
+    return cfg, sc, cluster

@@ -1,0 +1,101 @@
+"""Measure the performance model's inputs on one worker, in this process, with no process group.
+
+``profile_worker`` trains a few steps of ``cfg`` the way the trainer does and records, per
+step: forward, backward and optimizer time, and when each gradient bucket's last gradient
+appeared during backward (a post-accumulate-grad hook per parameter, the same signal the
+reducer launches its all-reduces on). The buckets are planned exactly as the reducer would plan
+them for ``cfg.comm``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ddtrain.comm.buckets import MiB, plan_buckets
+from ddtrain.config import TrainConfig
+from ddtrain.data import ShardedBatches, build_dataset
+from ddtrain.models import INPUT_KIND, build_model
+from ddtrain.optim import build_optimizer
+from ddtrain.scaling.model import Bucket, Profile
+
+_COMM_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # deliberate: the profile times phases, not launches
+    return time.perf_counter()
+
+
+def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps: int = 12,
+                   warmup: int = 3) -> Profile:
+    dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, dataset.spec).to(device)
+    optimizer, _ = build_optimizer(cfg.optim, model, warmup + steps)
+    batches = ShardedBatches(dataset, batch, 0, 1, cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    elsize = _COMM_BYTES[cfg.comm.dtype]
+    plan = plan_buckets([p.numel() for p in params], elsize, cfg.comm.bucket_mb * MiB,
+                        cfg.comm.first_bucket_mb * MiB)
+
+    seen: dict[int, float] = {}
+
+    def hook_for(i: int):
+        def hook(_p):
+            seen[i] = time.perf_counter()  # CPU: exact; CUDA: when the host queued it (see below)
+        return hook
+
+    handles = [p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(params)]
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+                if cfg.trainer.precision == "bf16" else None)
+    fwd, bwd, opt, data, total, ready = [], [], [], [], [], []
+    try:
+        for step in range(warmup + steps):
+            seen.clear()
+            t0 = _now(device)
+            x, y = batches.get(step)
+            x, y = x.to(device), y.to(device)
+            t1 = _now(device)
+            if autocast is not None:
+                with autocast:
+                    logits = model(x)
+            else:
+                logits = model(x)
+            loss = F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
+            t2 = _now(device)
+            loss.backward()
+            t3 = _now(device)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            t4 = _now(device)
+            if step < warmup:
+                continue
+            data.append(t1 - t0)
+            fwd.append(t2 - t1)
+            bwd.append(t3 - t2)
+            opt.append(t4 - t3)
+            total.append(t4 - t0)
+            span = max(t3 - t2, 1e-12)
+            # A bucket is ready when its last gradient is. On CUDA the hook fires when the host
+            # reaches it, which runs ahead of the GPU, so these fractions are early: the model
+            # then hides a little more communication than the GPU would.
+            ready.append([min(1.0, max(0.0, (max(seen.get(i, t3) for i in m) - t2) / span))
+                          for m in plan.members])
+    finally:
+        for h in handles:
+            h.remove()
+
+    med = statistics.median
+    buckets = tuple(
+        Bucket(size * elsize, med(r[b] for r in ready)) for b, size in enumerate(plan.sizes)
+    )
+    cv = statistics.pstdev(total) / med(total) if len(total) > 1 else 0.0
+    return Profile(
+        batch=batch, forward_s=med(fwd), backward_s=med(bwd), optimizer_s=med(opt), data_s=med(data),
+        buckets=buckets, flops_per_sample=float(model.flops_per_sample()), cv=cv,
+    )
