@@ -23,7 +23,8 @@ class ScaleConfig:
     mode: str = "weak"  # weak: per-worker batch fixed | strong: global batch fixed | both
     global_batch: int = 0  # strong: 0 = data.batch_size x max(world_sizes)
     warmup_steps: int = 5  # per world size, excluded from every statistic
-    steps: int = 30  # measured steps per world size, after warm-up
+    steps: int = 20  # measured steps per run, after warm-up
+    repeats: int = 3  # runs per world size, interleaved across sizes (shared machines drift)
     predict_to: int = 0  # also model powers of two up to this many workers (0: measured sizes only)
     predict_only: bool = False  # run no training; model every size from a one-worker profile
     launcher: str = "mpirun"  # mpirun | srun
@@ -70,6 +71,7 @@ def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
     if sc.steps < 3:
         raise ConfigError(f"scale.steps={sc.steps} must be >= 3 (medians and p90 need a few steps)")
     _positive("scale.warmup_steps", sc.warmup_steps, zero_ok=True)
+    _positive("scale.repeats", sc.repeats)
     _positive("scale.predict_to", sc.predict_to, zero_ok=True)
     _positive("scale.global_batch", sc.global_batch, zero_ok=True)
     _positive("scale.threads_per_rank", sc.threads_per_rank, zero_ok=True)
@@ -95,6 +97,7 @@ def parse_cluster(raw: Mapping[str, Any]) -> Cluster:
         inter_latency_us: float = 0.0
         algorithm: str = "ring"
         overhead_us: float = 0.0
+        node_slowdown: float = 1.0
         description: str = ""
 
     typed = _build(_Typed, raw, "cluster")

@@ -7,7 +7,7 @@ inter-node bandwidth and latency, and the all-reduce algorithm.
 
 A step at N workers is predicted as
 
-    step(N) = data + S_N * (forward + backward) + exposed_comm(N) + optimizer
+    step(N) = data + S_N * K * (forward + backward) + exposed_comm(N) + optimizer
 
 * All-reduces run one at a time on one stream (as in ddtrain's reducer, DDP and Horovod), each
   starting when its bucket is ready and the previous one has finished. Whatever finishes after
@@ -16,6 +16,8 @@ A step at N workers is predicted as
 * S_N = 1 + z_N * cv is the straggler factor: a synchronous step waits for the slowest of N
   workers, and the expected maximum of N normal samples is mean + z_N * sd (z_2 = 0.56,
   z_128 = 2.6). ``cv`` is the measured step-time jitter (sd / median) of one worker.
+* K is the cluster's node-sharing slowdown (1 for one GPU per worker; measured on CPU nodes,
+  where workers share cores and memory bandwidth).
 
 Pure functions only: no torch, no process group.
 """
@@ -92,6 +94,9 @@ class Cluster:
     algorithm: str = "ring"  # ring | tree | hierarchical
     overhead_us: float = 0.0  # fixed cost per collective (launch, framework bookkeeping)
     cv: float | None = None  # step-time jitter to assume; None: use the profile's measured one
+    # Compute slowdown when a node's workers all run at once (shared cores, memory bandwidth,
+    # caches). ~1 for GPUs (one device each); measured for CPU workers (``ddtrain-scale``).
+    node_slowdown: float = 1.0
     description: str = ""
 
     @classmethod
@@ -109,6 +114,8 @@ class Cluster:
         for key in ("gpus_per_node", "intra_bw_GBps", "inter_bw_GBps"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"cluster.{key}={getattr(self, key)!r} must be > 0")
+        if not self.node_slowdown > 0:
+            raise ValueError(f"cluster.node_slowdown={self.node_slowdown!r} must be > 0")
         for key in ("intra_latency_us", "inter_latency_us", "overhead_us"):
             if getattr(self, key) < 0:
                 raise ValueError(f"cluster.{key}={getattr(self, key)!r} must be >= 0")
@@ -171,7 +178,7 @@ class StepPrediction:
 
 def predict_step(p: Profile, c: Cluster, n: int) -> StepPrediction:
     cv = p.cv if c.cv is None else c.cv
-    s = straggler_factor(n, cv)
+    s = straggler_factor(n, cv) * (c.node_slowdown if n > 1 else 1.0)
     fwd, bwd = s * p.forward_s, s * p.backward_s
     end = 0.0
     comm = 0.0

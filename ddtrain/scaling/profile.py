@@ -99,3 +99,30 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
         batch=batch, forward_s=med(fwd), backward_s=med(bwd), optimizer_s=med(opt), data_s=med(data),
         buckets=buckets, flops_per_sample=float(model.flops_per_sample()), cv=cv,
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ddtrain.scaling.profile CONFIG.json BATCH OUT_DIR``: profile one worker and
+    write ``OUT_DIR/<rank>.json``. Started k times at once (``mpirun -np k``), with no process
+    group, it measures how much k workers sharing this node slow each other's compute."""
+    import json
+    import os
+    import sys
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from ddtrain.config import from_mapping
+    from ddtrain.dist.env import detect_launch_env
+
+    config_path, batch, out_dir = (argv or sys.argv[1:])[:3]
+    cfg = from_mapping(json.loads(Path(config_path).read_text()))
+    env = detect_launch_env(os.environ)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    p = profile_worker(cfg, int(batch), torch.device("cpu"), steps=8, warmup=2)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / f"{env.rank}.json").write_text(json.dumps(asdict(p)))
+
+
+if __name__ == "__main__":
+    main()

@@ -53,17 +53,25 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def summarise_run(records: list[dict], warmup: int) -> dict:
-    """Per-step timings from a run's metrics.jsonl records, warm-up steps dropped."""
+def trimmed_per_step(records: list[dict], warmup: int) -> dict[str, list[float]]:
+    """One run's per-step timings from its metrics.jsonl records, its warm-up steps dropped."""
     per_step: dict[str, list[float]] = {}
     for rec in records:
         for key, values in (rec.get("per_step") or {}).items():
             if values is not None:
                 per_step.setdefault(key, []).extend(values)
-    per_step = {k: v[warmup:] for k, v in per_step.items()}
+    return {k: v[warmup:] for k, v in per_step.items()}
+
+
+def summarise_run(records: list[dict], warmup: int) -> dict:
+    return summarise(trimmed_per_step(records, warmup))
+
+
+def summarise(per_step: dict[str, list[float]]) -> dict:
+    """Median, p90 and phase medians of measured steps (one run's, or several runs' pooled)."""
     steps = per_step.get("step_time_s", [])
     if len(steps) < 3:
-        raise StudyError(f"only {len(steps)} measured steps after {warmup} warm-up steps; raise scale.steps")
+        raise StudyError(f"only {len(steps)} measured steps after warm-up; raise scale.steps")
     med = statistics.median(steps)
 
     def phase(key):
@@ -116,8 +124,9 @@ class Launcher:
 
 
 def measure(cfg: TrainConfig, sc: ScaleConfig, launcher: Launcher, overrides: list[str], mode: str, n: int,
-            batch: int, threads: int, study_dir: Path) -> dict:
-    name = f"{mode}-n{n}"
+            batch: int, threads: int, study_dir: Path, repeat: int) -> dict[str, list[float]]:
+    """One launched training run at ``n`` workers; its per-step timings after warm-up."""
+    name = f"{mode}-n{n}" + (f"-r{repeat}" if sc.repeats > 1 else "")
     run_dir = study_dir / "runs" / name
     forced = [
         f"data.batch_size={batch}", f"trainer.steps={sc.warmup_steps + sc.steps}",
@@ -130,7 +139,34 @@ def measure(cfg: TrainConfig, sc: ScaleConfig, launcher: Launcher, overrides: li
                  f"the {mode}-scaling run at {n} worker(s)")
     metrics = run_dir / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return summarise_run(records, sc.warmup_steps)
+    return trimmed_per_step(records, sc.warmup_steps)
+
+
+def measure_all(cfg, sc, launcher, overrides, batches, threads, study_dir) -> dict[tuple[str, int], dict]:
+    """Every (mode, size), ``scale.repeats`` times, the order reversed on every other pass.
+
+    Shared machines drift (here: one rank's step time wandered between 0.21 and 0.37 s within
+    a minute), so runs of different sizes are interleaved and their steps pooled: drift then
+    hits every size alike instead of whichever ran during a slow spell.
+    """
+    pooled: dict[tuple[str, int], dict[str, list[float]]] = {}
+    order = [(mode, n) for mode in sc.modes for n in sc.world_sizes]
+    for r in range(sc.repeats):
+        for mode, n in order if r % 2 == 0 else order[::-1]:
+            b = batches[mode] if mode == "weak" else batches[mode] // n
+            log.info("measuring %s scaling at %d worker(s), batch %d per worker (pass %d/%d) ...",
+                     mode, n, b, r + 1, sc.repeats)
+            run = measure(cfg, sc, launcher, overrides, mode, n, b, threads, study_dir, r)
+            m = summarise(run)
+            log.info("  step median %.4f s (p90 %.4f), compute %.4f, exposed comm %s", m["step_time_s"],
+                     m["step_time_p90_s"], m["compute_s"] or 0.0,
+                     "n/a" if m["comm_exposed_s"] is None else f"{m['comm_exposed_s']:.4f}")
+            with open(study_dir / "measurements.jsonl", "a") as f:  # kept even if a later size fails
+                f.write(json.dumps({"mode": mode, "world_size": n, "batch_per_worker": b, "pass": r,
+                                    **{k: v for k, v in m.items() if k != "per_step"}}) + "\n")
+            for key, values in run.items():
+                pooled.setdefault((mode, n), {}).setdefault(key, []).extend(values)
+    return {key: summarise(per_step) for key, per_step in pooled.items()}
 
 
 def calibrate_allreduce(sc: ScaleConfig, launcher: Launcher, n: int, study_dir: Path, device: str) -> dict:
@@ -140,6 +176,31 @@ def calibrate_allreduce(sc: ScaleConfig, launcher: Launcher, n: int, study_dir: 
                f"--device={device}", "--budget-s=0.2"]
     launcher.run(n, program, study_dir / "allreduce.log", f"the all-reduce calibration at {n} workers")
     return json.loads(out.read_text())
+
+
+def measure_node_slowdown(cfg: TrainConfig, launcher: Launcher, k: int, batch: int, threads: int,
+                          study_dir: Path, repeats: int) -> float:
+    """Compute time of one worker when k workers share this node, over its time alone.
+
+    Both are measured back to back, through the launcher (same core binding), as k independent
+    one-worker profiles with no communication, so the ratio isolates what the workers do to
+    each other's compute (shared cores, memory bandwidth, caches) from any network effect.
+    """
+    probe = study_dir / "node_probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    config = probe / "config.json"
+    config.write_text(json.dumps(asdict(replace(cfg, trainer=replace(cfg.trainer, threads=threads)))))
+    compute: dict[int, list[float]] = {1: [], k: []}
+    for r in range(repeats):  # interleaved, like the training runs, against drift
+        for workers in (1, k) if r % 2 == 0 else (k, 1):
+            out = probe / f"k{workers}-r{r}"
+            program = [sys.executable, "-m", "ddtrain.scaling.profile", str(config), str(batch), str(out)]
+            what = f"the node-sharing probe with {workers} worker(s)"
+            launcher.run(workers, program, probe / f"k{workers}-r{r}.log", what)
+            for f in sorted(out.glob("*.json")):
+                prof = json.loads(f.read_text())
+                compute[workers].append(prof["forward_s"] + prof["backward_s"])
+    return statistics.median(compute[k]) / statistics.median(compute[1])
 
 
 def from_measured_run(p: Profile, run: dict) -> Profile:
@@ -204,18 +265,7 @@ def run_study(
     batches = {mode: (batch if mode == "weak" else sc.strong_global_batch(batch)) for mode in sc.modes}
     measured: dict[tuple[str, int], dict] = {}
     if not sc.predict_only:
-        for mode in sc.modes:
-            for n in sc.world_sizes:
-                b = batch if mode == "weak" else batches[mode] // n
-                log.info("measuring %s scaling at %d worker(s), batch %d per worker ...", mode, n, b)
-                m = measure(cfg, sc, launcher, overrides, mode, n, b, threads, study_dir)
-                measured[(mode, n)] = m
-                log.info("  step median %.4f s (p90 %.4f), compute %.4f, exposed comm %s", m["step_time_s"],
-                         m["step_time_p90_s"], m["compute_s"] or 0.0,
-                         "n/a" if m["comm_exposed_s"] is None else f"{m['comm_exposed_s']:.4f}")
-                with open(study_dir / "measurements.jsonl", "a") as f:  # kept even if a later size fails
-                    f.write(json.dumps({"mode": mode, "world_size": n, "batch_per_worker": b,
-                                        **{k: v for k, v in m.items() if k != "per_step"}}) + "\n")
+        measured = measure_all(cfg, sc, launcher, overrides, batches, threads, study_dir)
 
     # Calibrate the network on this machine at the largest measured size.
     fit = None
@@ -231,6 +281,12 @@ def run_study(
             raise StudyError("cluster=local needs a measured all-reduce: measure at least 2 workers "
                              "(e.g. scale.world_sizes=[1,2]) or pick a preset such as cluster=dgx_h100")
         model_cluster = local_cluster(cluster, fit, n_max)
+        if not cuda and not sc.hostfile:
+            # CPU workers on one node share it; GPUs do not (one device each), so skip it there.
+            log.info("measuring node sharing: %d concurrent one-worker profiles vs one ...", n_max)
+            slowdown = measure_node_slowdown(cfg, launcher, n_max, batch, threads, study_dir, sc.repeats)
+            log.info("  compute is %.3fx slower with %d workers on this node", slowdown, n_max)
+            model_cluster = replace(model_cluster, node_slowdown=slowdown)
 
     # The model's compute inputs: one worker profiled in this process, per distinct batch.
     target_peak = peak
@@ -240,6 +296,10 @@ def run_study(
         # Carried to another device at the same fraction of peak as measured here.
         transfer = peak.flops / target_peak.flops
     profiles: dict[int, Profile] = {}
+    # CPU workers that fill every core leave none for the communication threads: gloo's
+    # all-reduce then runs in the compute's time slices instead of beside it, so nothing hides
+    # (a GPU's collectives run on their own engines and SMs, and overlap as modelled).
+    no_spare_core = not cuda and not cluster.device and threads * n_max >= cores
 
     def profile_for(b: int, mode: str) -> Profile:
         if b not in profiles:
@@ -249,6 +309,8 @@ def run_study(
         one = measured.get((mode, 1))
         if one is not None and b == (batch if mode == "weak" else batches[mode]):
             p = from_measured_run(p, one)
+        if no_spare_core:
+            p = replace(p, overlap=False)
         return p.scaled_compute(transfer) if transfer != 1.0 else p
 
     rows: list[dict] = []
