@@ -26,6 +26,17 @@ TAGS = {
 }
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> None, recursively: bare NaN is not JSON, and jq or a browser would choke."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 class NullWriter:
     def log(self, record: dict[str, Any]) -> None:
         pass
@@ -57,9 +68,7 @@ class MetricsWriter:
                 self._tb.file_writer.add_summary(summary)
 
     def log(self, record: dict[str, Any]) -> None:
-        # Non-finite floats become null: bare NaN is not JSON, and jq or a browser would choke.
-        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
-        self._jsonl.write(json.dumps(clean, allow_nan=False) + "\n")
+        self._jsonl.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         if self._tb is None:
             return
         step = record["step"]

@@ -34,10 +34,15 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # the logged records
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over classes (images) or every position (tokens), computed in fp32."""
+    return F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
 
 
 def _progress(enabled: bool, total: int):
@@ -85,9 +90,8 @@ def train_step(rep: Replica, batches: ShardedBatches, step: int, cfg: TrainConfi
         # accumulate gradients locally (no_sync).
         last = micro == t.grad_accum - 1
         with contextlib.nullcontext() if last else rep.engine.no_sync():
-            with _autocast(device, t.precision):
-                logits = rep.engine.module(x)
-                loss = F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
+            with autocast(device, t.precision):
+                loss = loss_of(rep.engine.module(x), y)
             (loss / t.grad_accum).backward()
         step_loss += loss.detach() / t.grad_accum
     clock.mark("compute")

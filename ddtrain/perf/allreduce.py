@@ -29,6 +29,7 @@ import torch.distributed as dist
 from ddtrain.dist.env import LaunchEnvError, detect_launch_env
 from ddtrain.dist.group import DistContext, init_distributed, shutdown
 from ddtrain.errors import fail
+from ddtrain.metrics import json_safe  # JSON has no inf/nan (an unbounded or unfitted B)
 from ddtrain.run import cpu_threads
 
 NEEDS_RANKS = "all-reduce benchmark needs >= 2 ranks; run it under mpirun -np N"
@@ -156,13 +157,9 @@ def to_json(rows, *, n: int, backend: str, device, alpha: float, bus_bw: float) 
     return {
         "benchmark": "all_reduce", "n": n, "backend": backend, "device": str(device),
         "rows": [asdict(r) for r in rows],
-        "fit": {"model": "t = alpha + 2(n-1)/n * size / B", "alpha_s": _finite(alpha),
-                "bus_bw_GBps": _finite(bus_bw / 1e9)},
+        "fit": {"model": "t = alpha + 2(n-1)/n * size / B", "alpha_s": json_safe(alpha),
+                "bus_bw_GBps": json_safe(bus_bw / 1e9)},
     }
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None  # JSON has no inf/nan (an unbounded or unfitted B)
 
 
 def parse_size(text: str) -> int:

@@ -201,7 +201,18 @@ def resolve_peak(device: torch.device, precision: str, override: str = "auto") -
     if override != "auto":
         return table_peak(override, dtype)
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        if match_device(name) is not None and dtype in PEAK_TABLE[match_device(name)].tflops:
-            return table_peak(name, dtype)
+        key = match_device(torch.cuda.get_device_name(device))
+        if key is not None and dtype in PEAK_TABLE[key].tflops:
+            return table_peak(key, dtype)
     return probe_peak(device, dtype)
+
+
+def datasheet_peak_for(device: str, precision: str) -> Peak:
+    """The datasheet peak a run would be held to on ``device`` (a GPU it does not run on):
+    bf16 -> bf16 (fp16 on GPUs without bf16), fp32 -> tf32 where the GPU has it (torch's
+    default for matmuls there), else fp32."""
+    key = match_device(device)
+    if key is None:
+        return table_peak(device, "fp32")  # raises, naming the known devices
+    order = ("bf16", "fp16", "fp32") if precision == "bf16" else ("tf32", "fp32")
+    return table_peak(key, next(d for d in order if d in PEAK_TABLE[key].tflops))

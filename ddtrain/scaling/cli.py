@@ -46,6 +46,7 @@ def study_overrides(choices: dict, task_overrides: list[str]) -> list[str]:
 def _task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from ddtrain.launcher.mpirun import LauncherNotFound
     from ddtrain.perf.mfu import ImpossibleMeasurement
     from ddtrain.perf.peak import PeakError
     from ddtrain.run import setup_logging
@@ -66,14 +67,8 @@ def _task(cfg) -> None:
     try:
         overrides = study_overrides(dict(hc.runtime.choices), list(hc.overrides.task))
         result = run_study(train_cfg, sc, cluster, study_dir, overrides)
-    except (StudyError, ImpossibleMeasurement, PeakError) as e:
+    except (StudyError, ImpossibleMeasurement, PeakError, LauncherNotFound) as e:
         fail(str(e).splitlines()[0])
-    except Exception as e:
-        from ddtrain.launcher.mpirun import LauncherNotFound
-
-        if isinstance(e, LauncherNotFound):
-            fail(str(e))
-        raise
     for kind, path in result["paths"].items():
         log.info("%s: %s", kind, path)
     log.info("TensorBoard: tensorboard --logdir %s", result["paths"].get("tb", study_dir / "tb"))

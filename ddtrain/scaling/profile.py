@@ -13,16 +13,15 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ddtrain.comm.buckets import MiB, plan_buckets
+from ddtrain.comm.reducer import COMM_DTYPES
 from ddtrain.config import TrainConfig
 from ddtrain.data import ShardedBatches, build_dataset
 from ddtrain.models import INPUT_KIND, build_model
 from ddtrain.optim import build_optimizer
 from ddtrain.scaling.model import Bucket, Profile
-
-_COMM_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+from ddtrain.trainer import autocast, loss_of
 
 
 def _now(device: torch.device) -> float:
@@ -39,7 +38,7 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
     optimizer, _ = build_optimizer(cfg.optim, model, warmup + steps)
     batches = ShardedBatches(dataset, batch, 0, 1, cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    elsize = _COMM_BYTES[cfg.comm.dtype]
+    elsize = COMM_DTYPES[cfg.comm.dtype].itemsize  # as the reducer plans its buckets
     plan = plan_buckets([p.numel() for p in params], elsize, cfg.comm.bucket_mb * MiB,
                         cfg.comm.first_bucket_mb * MiB)
 
@@ -51,8 +50,6 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
         return hook
 
     handles = [p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(params)]
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                if cfg.trainer.precision == "bf16" else None)
     fwd, bwd, opt, data, total, ready = [], [], [], [], [], []
     try:
         for step in range(warmup + steps):
@@ -61,12 +58,8 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
             x, y = batches.get(step)
             x, y = x.to(device), y.to(device)
             t1 = _now(device)
-            if autocast is not None:
-                with autocast:
-                    logits = model(x)
-            else:
-                logits = model(x)
-            loss = F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
+            with autocast(device, cfg.trainer.precision):
+                loss = loss_of(model(x), y)
             t2 = _now(device)
             loss.backward()
             t3 = _now(device)

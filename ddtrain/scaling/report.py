@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ddtrain.metrics import TAGS
+from ddtrain.metrics import TAGS, json_safe
 
 COLUMNS: tuple[str, ...] = (
     "mode", "kind", "world_size", "batch_per_worker", "global_batch",
@@ -35,17 +35,6 @@ PER_STEP_KEYS = ("step_time_s", "compute_s", "comm_exposed_s", "data_s")  # tags
 MODE_COLOURS = {"weak": "tab:blue", "strong": "tab:orange"}
 
 
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, recursively: bare NaN is not JSON and jq or a browser would reject the file."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -60,7 +49,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_json(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    text = json.dumps(_finite({"meta": meta, "rows": rows}), indent=2, allow_nan=False, default=str)
+    text = json.dumps(json_safe({"meta": meta, "rows": rows}), indent=2, allow_nan=False, default=str)
     Path(path).write_text(text + "\n")
 
 
@@ -168,7 +157,7 @@ def write_tensorboard(tb_dir: Path, rows: list[dict[str, Any]], meta: dict[str, 
         "throughput (samples/s)": chart("samples_per_s"),
         "step time (s)": chart("step_time_s"),
     }})
-    text = json.dumps(_finite(meta), indent=2, default=str)
+    text = json.dumps(json_safe(meta), indent=2, default=str)
     writer.add_text("meta", "    " + text.replace("\n", "\n    "))  # 4-space indent: a markdown code block
     writer.close()
 

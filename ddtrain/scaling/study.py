@@ -31,7 +31,7 @@ from ddtrain.launcher.mpirun import (
     srun_argv,
 )
 from ddtrain.perf.mfu import fraction_of_peak
-from ddtrain.perf.peak import PEAK_TABLE, Peak, match_device, resolve_peak, table_peak
+from ddtrain.perf.peak import Peak, datasheet_peak_for, resolve_peak
 from ddtrain.scaling.config import ScaleConfig
 from ddtrain.scaling.model import Cluster, Profile, predict_step
 from ddtrain.scaling.profile import profile_worker
@@ -61,10 +61,6 @@ def trimmed_per_step(records: list[dict], warmup: int) -> dict[str, list[float]]
             if values is not None:
                 per_step.setdefault(key, []).extend(values)
     return {k: v[warmup:] for k, v in per_step.items()}
-
-
-def summarise_run(records: list[dict], warmup: int) -> dict:
-    return summarise(trimmed_per_step(records, warmup))
 
 
 def summarise(per_step: dict[str, list[float]]) -> dict:
@@ -123,7 +119,12 @@ class Launcher:
             raise StudyError(f"{what} failed with exit code {proc.returncode}{hint}; full log: {log_path}")
 
 
-def measure(cfg: TrainConfig, sc: ScaleConfig, launcher: Launcher, overrides: list[str], mode: str, n: int,
+def per_worker_batch(batches: dict[str, int], mode: str, n: int) -> int:
+    """Weak scaling keeps the per-worker batch; strong scaling splits the global one."""
+    return batches[mode] if mode == "weak" else batches[mode] // n
+
+
+def measure(sc: ScaleConfig, launcher: Launcher, overrides: list[str], mode: str, n: int,
             batch: int, threads: int, study_dir: Path, repeat: int) -> dict[str, list[float]]:
     """One launched training run at ``n`` workers; its per-step timings after warm-up."""
     name = f"{mode}-n{n}" + (f"-r{repeat}" if sc.repeats > 1 else "")
@@ -142,7 +143,7 @@ def measure(cfg: TrainConfig, sc: ScaleConfig, launcher: Launcher, overrides: li
     return trimmed_per_step(records, sc.warmup_steps)
 
 
-def measure_all(cfg, sc, launcher, overrides, batches, threads, study_dir) -> dict[tuple[str, int], dict]:
+def measure_all(sc, launcher, overrides, batches, threads, study_dir) -> dict[tuple[str, int], dict]:
     """Every (mode, size), ``scale.repeats`` times, the order reversed on every other pass.
 
     Shared machines drift (here: one rank's step time wandered between 0.21 and 0.37 s within
@@ -153,10 +154,10 @@ def measure_all(cfg, sc, launcher, overrides, batches, threads, study_dir) -> di
     order = [(mode, n) for mode in sc.modes for n in sc.world_sizes]
     for r in range(sc.repeats):
         for mode, n in order if r % 2 == 0 else order[::-1]:
-            b = batches[mode] if mode == "weak" else batches[mode] // n
+            b = per_worker_batch(batches, mode, n)
             log.info("measuring %s scaling at %d worker(s), batch %d per worker (pass %d/%d) ...",
                      mode, n, b, r + 1, sc.repeats)
-            run = measure(cfg, sc, launcher, overrides, mode, n, b, threads, study_dir, r)
+            run = measure(sc, launcher, overrides, mode, n, b, threads, study_dir, r)
             m = summarise(run)
             log.info("  step median %.4f s (p90 %.4f), compute %.4f, exposed comm %s", m["step_time_s"],
                      m["step_time_p90_s"], m["compute_s"] or 0.0,
@@ -220,14 +221,6 @@ def local_cluster(base: Cluster, fit: dict, n: int) -> Cluster:
                    inter_latency_us=step_lat)
 
 
-def target_device_peak(device: str, precision: str) -> Peak:
-    """The datasheet peak a run would be held to on ``device``: bf16 -> bf16 (fp16 on GPUs
-    without bf16), fp32 -> tf32 where the GPU has it (torch's default for matmuls there)."""
-    have = PEAK_TABLE[match_device(device) or device].tflops
-    order = ("bf16", "fp16", "fp32") if precision == "bf16" else ("tf32", "fp32")
-    return table_peak(device, next(d for d in order if d in have))
-
-
 # ----------------------------------------------------------------------------- rows
 def _row(mode, kind, n, batch, step, rate1, flops, peak: Peak, cluster: str, **extra) -> dict:
     rate = n * batch / step
@@ -265,7 +258,7 @@ def run_study(
     batches = {mode: (batch if mode == "weak" else sc.strong_global_batch(batch)) for mode in sc.modes}
     measured: dict[tuple[str, int], dict] = {}
     if not sc.predict_only:
-        measured = measure_all(cfg, sc, launcher, overrides, batches, threads, study_dir)
+        measured = measure_all(sc, launcher, overrides, batches, threads, study_dir)
 
     # Calibrate the network on this machine at the largest measured size.
     fit = None
@@ -292,7 +285,7 @@ def run_study(
     target_peak = peak
     transfer = 1.0
     if cluster.device:
-        target_peak = target_device_peak(cluster.device, cfg.trainer.precision)
+        target_peak = datasheet_peak_for(cluster.device, cfg.trainer.precision)
         # Carried to another device at the same fraction of peak as measured here.
         transfer = peak.flops / target_peak.flops
     profiles: dict[int, Profile] = {}
@@ -307,7 +300,7 @@ def run_study(
             profiles[b] = profile_worker(cfg, b, device)
         p = profiles[b]
         one = measured.get((mode, 1))
-        if one is not None and b == (batch if mode == "weak" else batches[mode]):
+        if one is not None and b == batches[mode]:
             p = from_measured_run(p, one)
         if no_spare_core:
             p = replace(p, overlap=False)
@@ -319,13 +312,13 @@ def run_study(
     for mode in sc.modes:
         gb = batches[mode]
         for_sizes = [n for n in sc.sizes_to_predict() if mode == "weak" or gb % n == 0]
-        b1 = batch if mode == "weak" else gb
+        b1 = per_worker_batch(batches, mode, 1)
         base = profile_for(b1, mode)
         flops = base.flops_per_sample
         t1 = predict_step(base, model_cluster, 1).step_s
         pred_rate1 = b1 / t1
         for n in for_sizes:
-            b = batch if mode == "weak" else gb // n
+            b = per_worker_batch(batches, mode, n)
             pred = predict_step(profile_for(b, mode), model_cluster, n)
             rows.append(_row(mode, "predicted", n, b, pred.step_s, pred_rate1, flops, target_peak,
                              model_cluster.name, compute_s=pred.compute_s, comm_exposed_s=pred.comm_exposed_s,
@@ -334,7 +327,7 @@ def run_study(
             rate1 = b1 / measured[(mode, 1)]["step_time_s"]
             for n in sc.world_sizes:
                 m = measured[(mode, n)]
-                b = batch if mode == "weak" else gb // n
+                b = per_worker_batch(batches, mode, n)
                 phases = {k: m[k] for k in ("step_time_p90_s", "compute_s", "comm_exposed_s", "data_s")}
                 rows.append(_row(mode, "measured", n, b, m["step_time_s"], rate1, flops, peak, "this machine",
                                  **phases))

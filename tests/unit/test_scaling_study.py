@@ -6,10 +6,11 @@ import pytest
 
 from ddtrain.config import ConfigError
 from ddtrain.launcher.mpirun import child_env, mpirun_argv, srun_argv
+from ddtrain.perf.peak import datasheet_peak_for
 from ddtrain.scaling.cli import study_overrides
 from ddtrain.scaling.config import ScaleConfig, parse_study
 from ddtrain.scaling.model import Cluster, allreduce_time
-from ddtrain.scaling.study import Launcher, local_cluster, percentile, summarise_run, target_device_peak
+from ddtrain.scaling.study import Launcher, local_cluster, percentile, summarise, trimmed_per_step
 
 
 def _raw(scale=None, cluster=None, **train):
@@ -50,13 +51,13 @@ def test_summary_drops_warmup_and_uses_max_over_ranks_times():
         {"per_step": {"step_time_s": steps[:4], "compute_s": [0.5] * 4, "comm_exposed_s": None}},
         {"per_step": {"step_time_s": steps[4:], "compute_s": [0.5] * 3, "comm_exposed_s": None}},
     ]
-    s = summarise_run(records, warmup=2)
+    s = summarise(trimmed_per_step(records, warmup=2))
     assert s["step_time_s"] == 3.0
     assert s["step_time_p90_s"] == pytest.approx(4.6)
     assert s["comm_exposed_s"] is None and s["compute_s"] == 0.5
     assert s["per_step"]["step_time_s"] == [1.0, 2.0, 3.0, 4.0, 5.0]
     with pytest.raises(Exception, match="raise scale.steps"):
-        summarise_run(records, warmup=6)
+        summarise(trimmed_per_step(records, warmup=6))
     assert percentile([1, 2, 3, 4], 50) == 2.5
 
 
@@ -102,7 +103,9 @@ def test_local_cluster_reproduces_the_fitted_allreduce_at_the_calibrated_size():
 
 
 def test_target_device_peak_follows_precision_and_device():
-    assert target_device_peak("h100_sxm", "bf16").dtype == "bf16"
-    assert target_device_peak("h100_sxm", "fp32").dtype == "tf32"
-    assert target_device_peak("v100_sxm2", "bf16").dtype == "fp16"  # no bf16 on Volta
-    assert target_device_peak("titanx_maxwell", "fp32").dtype == "fp32"
+    assert datasheet_peak_for("h100_sxm", "bf16").dtype == "bf16"
+    assert datasheet_peak_for("NVIDIA H100 80GB HBM3", "fp32").dtype == "tf32"
+    assert datasheet_peak_for("v100_sxm2", "bf16").dtype == "fp16"  # no bf16 on Volta
+    assert datasheet_peak_for("titanx_maxwell", "fp32").dtype == "fp32"
+    with pytest.raises(Exception, match="no datasheet peak"):
+        datasheet_peak_for("NVIDIA A10G", "bf16")
