@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -138,6 +139,12 @@ class TrainConfig:
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Check one leaf against its annotated type; ints are accepted where floats are."""
     origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):  # ``X | None``: null, or an X
+        options = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(typ)):
+            return None
+        (only,) = options
+        return _coerce(key, value, only)
     if origin is tuple:
         if isinstance(value, str):
             value = [value]
@@ -174,6 +181,11 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
         raise ConfigError(
             f"unknown key {prefix}.{unknown[0]}; {prefix} takes: {', '.join(names)}"
         )
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in raw]
+    if missing:
+        raise ConfigError(f"{prefix}.{missing[0]} is missing; {prefix} needs: {', '.join(required)}")
     kwargs = {}
     for name in names:
         if name in raw:

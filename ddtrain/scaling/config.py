@@ -81,29 +81,10 @@ def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
 
 
 def parse_cluster(raw: Mapping[str, Any]) -> Cluster:
-    raw = dict(raw)
-    cv = raw.pop("cv", None)
-    if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, float)) or cv < 0):
-        raise ConfigError(f"cluster.cv={cv!r} must be a number >= 0, or null to use the measured jitter")
-
-    @dataclass(frozen=True)
-    class _Typed:  # Cluster's fields minus cv, for the shared type checks
-        name: str = ""
-        device: str = ""
-        gpus_per_node: int = 1
-        intra_bw_GBps: float = 1.0
-        intra_latency_us: float = 0.0
-        inter_bw_GBps: float = 1.0
-        inter_latency_us: float = 0.0
-        algorithm: str = "ring"
-        overhead_us: float = 0.0
-        node_slowdown: float = 1.0
-        description: str = ""
-
-    typed = _build(_Typed, raw, "cluster")
+    """A cluster description, type-checked like the training config; Cluster checks ranges."""
     try:
-        return Cluster(**dataclasses.asdict(typed), cv=None if cv is None else float(cv))
-    except ValueError as e:
+        return _build(Cluster, raw, "cluster")
+    except ValueError as e:  # ConfigError is one; Cluster's own range checks raise ValueError
         raise ConfigError(str(e)) from None
 
 

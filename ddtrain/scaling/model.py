@@ -99,14 +99,6 @@ class Cluster:
     node_slowdown: float = 1.0
     description: str = ""
 
-    @classmethod
-    def from_mapping(cls, raw) -> Cluster:
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in raw if k not in names]
-        if unknown:
-            raise ValueError(f"unknown key cluster.{unknown[0]}; cluster takes: {', '.join(names)}")
-        return cls(**dict(raw))
-
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"cluster.algorithm={self.algorithm!r} is not allowed; choose one of: "
@@ -114,6 +106,8 @@ class Cluster:
         for key in ("gpus_per_node", "intra_bw_GBps", "inter_bw_GBps"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"cluster.{key}={getattr(self, key)!r} must be > 0")
+        if self.cv is not None and not self.cv >= 0:
+            raise ValueError(f"cluster.cv={self.cv!r} must be >= 0, or null to use the measured jitter")
         if not self.node_slowdown > 0:
             raise ValueError(f"cluster.node_slowdown={self.node_slowdown!r} must be > 0")
         for key in ("intra_latency_us", "inter_latency_us", "overhead_us"):

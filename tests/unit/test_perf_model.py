@@ -17,6 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ddtrain.perf.peak import table_peak
+from ddtrain.scaling.config import parse_cluster
 from ddtrain.scaling.model import (
     Bucket,
     Cluster,
@@ -34,7 +35,7 @@ ASSUMED_CV = 0.03  # ASSUMPTION: sd/median of one GPU's step time; not reported 
 
 
 def preset(name: str) -> Cluster:
-    return Cluster.from_mapping(OmegaConf.to_container(OmegaConf.load(CLUSTERS / f"{name}.yaml")))
+    return parse_cluster(OmegaConf.to_container(OmegaConf.load(CLUSTERS / f"{name}.yaml")))
 
 
 def flat(bw_GBps=1.0, lat_us=0.0, g=8, algorithm="ring", **kw) -> Cluster:
@@ -128,7 +129,13 @@ def test_cluster_presets_load_and_bad_values_are_named():
     with pytest.raises(ValueError, match="cluster.algorithm"):
         Cluster("t", "", 8, 1.0, 1.0, 1.0, 1.0, "butterfly")
     with pytest.raises(ValueError, match="unknown key cluster.gpus"):
-        Cluster.from_mapping({"gpus": 8})
+        parse_cluster({"gpus": 8})
+    base = OmegaConf.to_container(OmegaConf.load(CLUSTERS / "dgx_h100.yaml"))
+    with pytest.raises(ValueError, match="cluster.cv"):
+        parse_cluster({**base, "cv": "high"})
+    with pytest.raises(ValueError, match="cluster.device is missing"):
+        parse_cluster({k: v for k, v in base.items() if k != "device"})
+    assert parse_cluster({**base, "cv": None}).cv is None and parse_cluster({**base, "cv": 0.05}).cv == 0.05
 
 
 # ----------------------------------------------------------------------------- validation
