@@ -33,7 +33,9 @@ TRAIN_GROUPS = ("model", "data", "optim", "comm", "trainer")
 def study_overrides(choices: dict, task_overrides: list[str]) -> list[str]:
     """What every ``ddtrain`` job of the study gets: the study's group choices (its defaults can
     differ from ``ddtrain``'s), then the user's overrides that concern training."""
-    skip = ("scale.", "scale=", "cluster", "hydra.", "experiment")
+    # An experiment preset is passed on as given: it also sets keys (model.layers, ...) that the
+    # group choices alone would not carry to the workers.
+    skip = ("scale.", "scale=", "cluster", "hydra.")
     groups = [f"{g}={choices[g]}" for g in TRAIN_GROUPS if choices.get(g)]
     picked = {o.split("=", 1)[0] for o in groups}
     rest = [

@@ -90,6 +90,9 @@ def test_study_passes_its_group_choices_and_training_overrides_only():
             "hydra.run.dir=x"]
     assert study_overrides(choices, task) == [
         "model=convnet", "data=synthetic", "optim=adamw", "comm=default", "trainer=default", "model.width=8"]
+    # A preset's own keys reach the workers: the experiment override is passed on as given.
+    passed = study_overrides({**choices, "model": "gpt"}, ["+experiment=quickstart"])
+    assert passed[-1] == "+experiment=quickstart"
 
 
 def test_local_cluster_reproduces_the_fitted_allreduce_at_the_calibrated_size():
