@@ -46,7 +46,7 @@ PEAK_TABLE: dict[str, _Entry] = {
     "h100_sxm": _Entry({"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, "H100 datasheet, SXM5"),
     "h200": _Entry({"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, "H200 datasheet, SXM"),
     # H100 datasheet, PCIe: FP32 51, TF32 756*, BF16/FP16 1513*; NVL (94 GB): FP32 60, TF32 835*,
-    # BF16/FP16 1671*.
+    # BF16/FP16 1671*. (The NVL figures are as recalled; not re-checked against the sheet here.)
     "h100_pcie": _Entry({"fp32": 51.2, "tf32": 378.0, "bf16": 756.5, "fp16": 756.5}, "H100 datasheet, PCIe"),
     "h100_nvl": _Entry({"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5}, "H100 datasheet, NVL"),
     # NVIDIA A100 datasheet: FP32 19.5, TF32 156 (312*), BF16/FP16 312 (624*); SXM and PCIe alike.
@@ -56,9 +56,11 @@ PEAK_TABLE: dict[str, _Entry] = {
     "v100_pcie": _Entry({"fp32": 14.0, "fp16": 112.0}, "V100 datasheet, PCIe"),
     # NVIDIA L40S datasheet: FP32 91.6, TF32 366*, BF16/FP16 733* (362 dense).
     "l40s": _Entry({"fp32": 91.6, "tf32": 183.0, "bf16": 362.05, "fp16": 362.05}, "L40S datasheet"),
-    # NVIDIA A10 datasheet: FP32 31.2, TF32 62.5 (125*), BF16/FP16 125 (250*).
+    # NVIDIA A10 datasheet: FP32 31.2, TF32 62.5 (125*), BF16/FP16 125 (250*). FP32 checked; the
+    # tensor-core figures are as recalled, not re-checked here.
     "a10": _Entry({"fp32": 31.2, "tf32": 62.5, "bf16": 125.0, "fp16": 125.0}, "A10 datasheet"),
-    # NVIDIA L4 datasheet: FP32 30.3, TF32 120*, BF16/FP16 242*.
+    # NVIDIA L4 datasheet: FP32 30.3, TF32 120*, BF16/FP16 242*. TF32 checked; the rest as
+    # recalled, not re-checked here.
     "l4": _Entry({"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}, "L4 datasheet"),
     # Tesla P100 datasheet: SXM2 FP32 10.6, FP16 21.2; PCIe FP32 9.3, FP16 18.7 (no tensor cores).
     "p100_sxm2": _Entry({"fp32": 10.6, "fp16": 21.2}, "P100 datasheet, SXM2"),

@@ -146,9 +146,9 @@ def measure(sc: ScaleConfig, launcher: Launcher, overrides: list[str], mode: str
 def measure_all(sc, launcher, overrides, batches, threads, study_dir) -> dict[tuple[str, int], dict]:
     """Every (mode, size), ``scale.repeats`` times, the order reversed on every other pass.
 
-    Shared machines drift (here: one rank's step time wandered between 0.21 and 0.37 s within
-    a minute), so runs of different sizes are interleaved and their steps pooled: drift then
-    hits every size alike instead of whichever ran during a slow spell.
+    Shared machines drift (here: one rank's steps ranged from 0.20 to 0.38 s within 40 s), so
+    runs of different sizes are interleaved and their steps pooled: drift then hits every size
+    alike instead of whichever ran during a slow spell.
     """
     pooled: dict[tuple[str, int], dict[str, list[float]]] = {}
     order = [(mode, n) for mode in sc.modes for n in sc.world_sizes]
