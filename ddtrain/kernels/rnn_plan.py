@@ -1,0 +1,124 @@
+"""Which path runs a recurrence, decided on the host before anything is launched. Pure.
+
+The persistent kernel splits the recurrent matrix U (gates*H rows of H) by hidden unit across
+programs; each program loads its slice once and keeps it in registers for all T steps, and all
+programs meet at a grid-wide barrier between steps. That only works when
+  * every program is resident at once (programs <= SMs, one program per SM): a program that has
+    to wait for a free SM would wait for a barrier that can never complete;
+  * each slice fits on chip: gates x rows x H x element size within a share of the register file
+    (Diamos et al. 2016 keep the weights in registers the same way; spilling them to local
+    memory would re-read them every step, which is what the step-wise path does anyway).
+When either fails we fall back, and say why in one line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+KiB = 1024
+# Share of the register file the weight slice may take; the rest holds h, partial sums, pointers.
+# Not tuned on hardware yet (no GPU was lent to issue 4): change it with `onchip_fraction`.
+ONCHIP_FRACTION = 0.75
+MAX_PERSISTENT_BATCH = 64  # beyond this the step is a real GEMM and cuDNN's tiling wins
+PATHS = ("auto", "persistent", "stepwise", "cudnn", "reference")
+
+
+@dataclass(frozen=True)
+class Device:
+    """What the planner needs to know about the GPU (from torch.cuda.get_device_properties)."""
+
+    sm_count: int
+    regs_per_sm: int = 65536  # 32-bit registers: 64K on every NVIDIA GPU since Kepler
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: str  # persistent | stepwise | cudnn | reference
+    block_h: int = 0  # hidden units per program (a power of two; the last program is masked)
+    programs: int = 0
+    num_warps: int = 4
+    reason: str = ""
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def slice_bytes(hidden: int, gates: int, block_h: int, element_size: int) -> int:
+    """On-chip bytes one program holds: its rows of every gate, padded to a power-of-two width."""
+    return gates * block_h * _pow2_ceil(hidden) * element_size
+
+
+def warps_for(tile_bytes: int) -> int:
+    """Enough warps that the slice takes about 64 registers per thread (4 to 16 warps)."""
+    per_warp = 32 * 64 * 4
+    return int(min(16, max(4, _pow2_ceil(math.ceil(tile_bytes / per_warp)))))
+
+
+def plan_recurrence(
+    *,
+    hidden: int,
+    batch: int,
+    gates: int,
+    element_size: int,
+    device: Device | None,
+    want: str = "auto",
+    triton_ok: bool = True,
+    triton_reason: str = "",
+    onchip_fraction: float = ONCHIP_FRACTION,
+    stepwise_block: int = 16,
+) -> Plan:
+    """Pick persistent, step-wise, cuDNN or the reference loop for one layer's recurrence."""
+    if want not in PATHS:
+        raise ValueError(f"rnn path {want!r} is unknown; choose one of {', '.join(PATHS)}")
+    if hidden < 1 or batch < 1:
+        raise ValueError(f"hidden ({hidden}) and batch ({batch}) must be positive")
+    if want == "reference":
+        return Plan("reference", reason="reference path requested")
+    if want == "cudnn":  # torch's own module: cuDNN on CUDA, torch's CPU kernel elsewhere
+        return Plan("cudnn", reason="cudnn requested")
+    if device is None:
+        if want == "auto":
+            return Plan("reference", reason="no CUDA device: plain-torch time loop")
+        raise ValueError(f"rnn path {want!r} needs a CUDA GPU; use path=auto or reference on CPU")
+    if not triton_ok:
+        if want != "auto":
+            raise RuntimeError(f"rnn path {want!r} needs Triton ({triton_reason}); pip install triton")
+        return Plan("cudnn", reason=f"Triton unavailable ({triton_reason}): cuDNN")
+
+    stepwise = Plan(
+        "stepwise",
+        block_h=stepwise_block,
+        programs=math.ceil(hidden / stepwise_block),
+        num_warps=warps_for(slice_bytes(hidden, gates, stepwise_block, element_size)),
+    )
+    if want == "stepwise":
+        return _with_reason(stepwise, "stepwise requested")
+    if batch > MAX_PERSISTENT_BATCH and want == "auto":
+        return Plan("cudnn", reason=f"batch {batch} > {MAX_PERSISTENT_BATCH}: a GEMM per step, cuDNN")
+
+    # Fewest rows per program such that every program gets an SM of its own.
+    block_h = max(2, _pow2_ceil(math.ceil(hidden / device.sm_count)))
+    programs = math.ceil(hidden / block_h)
+    need = slice_bytes(hidden, gates, block_h, element_size)
+    budget = int(onchip_fraction * device.regs_per_sm * 4)
+    if need > budget:
+        why = (
+            f"U slice {need // KiB} KiB per SM > on-chip budget {budget // KiB} KiB "
+            f"(hidden {hidden}, {gates} gate(s), {element_size}-byte elements, {device.sm_count} SMs)"
+        )
+        if want == "persistent":
+            raise ValueError(f"persistent path impossible: {why}; use a 2-byte dtype or path=stepwise")
+        return _with_reason(stepwise, f"{why}: step-wise kernel")
+    return Plan(
+        "persistent",
+        block_h=block_h,
+        programs=programs,
+        num_warps=warps_for(need),
+        reason=f"persistent: {programs} programs x {block_h} units, {need // KiB} KiB of U each",
+    )
+
+
+def _with_reason(plan: Plan, reason: str) -> Plan:
+    return Plan(plan.path, plan.block_h, plan.programs, plan.num_warps, reason)
