@@ -35,7 +35,8 @@ def compare(torch_mod, ours, batch_first: bool, seed: int):
     outs = []
     for m in (torch_mod, ours):
         out, h_n = m(x, h0)
-        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)).sum()
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
+        loss = (out * weights).sum()  # a different weight per output, so a permutation shows
         loss = loss + (h_n**2).sum()
         grads = torch.autograd.grad(loss, [x, *m.parameters()])
         outs.append((out, h_n, grads))

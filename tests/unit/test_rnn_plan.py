@@ -66,7 +66,8 @@ def test_cpu_runs_the_reference_loop():
     [
         (dict(want="fast"), ValueError, "rnn path 'fast' is unknown"),
         (dict(device=None, want="persistent"), ValueError, "needs a CUDA GPU"),
-        (dict(hidden=4096, gates=3, element_size=4, want="persistent"), ValueError, "persistent path impossible"),
+        (dict(hidden=4096, gates=3, element_size=4, want="persistent"), ValueError,
+         "persistent path impossible"),
         (dict(want="stepwise", triton_ok=False, triton_reason="x"), RuntimeError, "needs Triton"),
         (dict(hidden=0), ValueError, "must be positive"),
     ],
