@@ -124,10 +124,3 @@ def test_bad_input_shapes_are_one_line_errors():
         m(torch.randn(3, 2, 5))
     with pytest.raises(ValueError, match=r"input must be \[T, B, I\]"):
         m(torch.randn(3))
-
-
-def test_a_kernel_path_without_a_gpu_says_so():
-    if torch.cuda.is_available() or (prnn.rnn_triton is not None and prnn.rnn_triton.INTERPRET):
-        pytest.skip("kernels can run here")
-    with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        PersistentGRU(4, 8, path="persistent")(torch.randn(3, 2, 4))
