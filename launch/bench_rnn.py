@@ -45,6 +45,8 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=ints, default=[64, 256], help="sequence lengths T")
     ap.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh", help="for the plain RNN")
     ap.add_argument("--path", default="auto", help="our path: auto | persistent | stepwise")
+    ap.add_argument("--mm", choices=("fma", "dot"), default="fma",
+                    help="in-kernel matmul: fma (CUDA cores, by row) | dot (tensor cores, batch padded)")
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions per point (median kept)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", help="write all rows as JSON here")
@@ -141,7 +143,8 @@ def measure(torch, device, cell, dtype_name, hidden, batch, T, args, peak) -> di
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     kw = {} if cell == "gru" else {"nonlinearity": args.nonlinearity}
     theirs = (nn.GRU if cell == "gru" else nn.RNN)(hidden, hidden, **kw).to(device, dtype)
-    ours = (PersistentGRU if cell == "gru" else PersistentRNN)(hidden, hidden, path=args.path, **kw)
+    make = PersistentGRU if cell == "gru" else PersistentRNN
+    ours = make(hidden, hidden, path=args.path, mm=args.mm, **kw)
     ours = ours.to(device, dtype)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(T, batch, hidden, device=device, dtype=dtype)
@@ -226,6 +229,7 @@ def markdown(header, rows) -> str:
     lines.append("|" + "---|" * len(COLUMNS))
     for row in rows:
         lines.append("| " + " | ".join(_cell(row, k, f) for k, f in COLUMNS) + " |")
+    # every row's path and reason, once per distinct choice
     reasons = sorted({(r["cell"], r["dtype"], r["hidden"], r.get("path"), r.get("reason")) for r in rows})
     lines += ["", "Paths chosen:"] + [f"- {c} {d} H={h}: {p} ({why})" for c, d, h, p, why in reasons]
     return "\n".join(lines) + "\n"

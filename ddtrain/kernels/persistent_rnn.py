@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddtrain.kernels.rnn_plan import PATHS, Device, Plan, plan_recurrence
+from ddtrain.kernels.rnn_plan import MATMULS, PATHS, Device, Plan, plan_recurrence
 from ddtrain.kernels.rnn_reference import ACTIVATIONS, GATES, layer_reference
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class _PersistentBase(nn.Module):
         batch_first: bool = False,
         nonlinearity: str = "tanh",
         path: str = "auto",
+        mm: str = "fma",
         device=None,
         dtype=None,
     ) -> None:
@@ -111,6 +112,9 @@ class _PersistentBase(nn.Module):
             raise ValueError(f"nonlinearity={nonlinearity!r} is not supported; use one of {ACTIVATIONS}")
         if path not in PATHS:
             raise ValueError(f"path={path!r} is unknown; choose one of {', '.join(PATHS)}")
+        if mm not in MATMULS:
+            raise ValueError(f"mm={mm!r} is unknown; choose one of {', '.join(MATMULS)}")
+        self.mm = mm
         if min(input_size, hidden_size, num_layers) < 1:
             raise ValueError("input_size, hidden_size and num_layers must be positive")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -147,7 +151,7 @@ class _PersistentBase(nn.Module):
         return plan_recurrence(
             hidden=self.hidden_size, batch=batch, gates=gates,
             element_size=torch.empty((), dtype=dtype).element_size(), device=dev,
-            want=self.path, triton_ok=rnn_triton is not None, triton_reason=TRITON_REASON,
+            want=self.path, triton_ok=rnn_triton is not None, triton_reason=TRITON_REASON, mm=self.mm,
         )
 
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None):
@@ -209,6 +213,7 @@ class _PersistentBase(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, path={self.path}"
+        s += f", mm={self.mm}" if self.mm != "fma" else ""
         if self.cell == "rnn":
             s += f", nonlinearity={self.nonlinearity}"
         return s + ("" if self.bias else ", bias=False") + (", batch_first=True" if self.batch_first else "")
@@ -226,5 +231,7 @@ class PersistentGRU(_PersistentBase):
     cell = "gru"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, path: str = "auto", device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, "tanh", path, device, dtype)
+                 batch_first: bool = False, path: str = "auto", mm: str = "fma", device=None,
+                 dtype=None) -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, "tanh", path, mm, device,
+                         dtype)

@@ -13,6 +13,7 @@ When either fails we fall back, and say why in one line.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ KiB = 1024
 ONCHIP_FRACTION = 0.75
 MAX_PERSISTENT_BATCH = 64  # beyond this the step is a real GEMM and cuDNN's tiling wins
 PATHS = ("auto", "persistent", "stepwise", "cudnn", "reference")
+MATMULS = ("fma", "dot")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Plan:
     programs: int = 0
     num_warps: int = 4
     reason: str = ""
+    mm: str = "fma"  # fma (CUDA cores, row by row) | dot (tensor cores, batch padded to 16)
 
 
 def _pow2_ceil(n: int) -> int:
@@ -68,10 +71,13 @@ def plan_recurrence(
     triton_reason: str = "",
     onchip_fraction: float = ONCHIP_FRACTION,
     stepwise_block: int = 16,
+    mm: str = "fma",
 ) -> Plan:
     """Pick persistent, step-wise, cuDNN or the reference loop for one layer's recurrence."""
     if want not in PATHS:
         raise ValueError(f"rnn path {want!r} is unknown; choose one of {', '.join(PATHS)}")
+    if mm not in MATMULS:
+        raise ValueError(f"rnn mm {mm!r} is unknown; choose one of {', '.join(MATMULS)}")
     if hidden < 1 or batch < 1:
         raise ValueError(f"hidden ({hidden}) and batch ({batch}) must be positive")
     if want == "reference":
@@ -87,11 +93,14 @@ def plan_recurrence(
             raise RuntimeError(f"rnn path {want!r} needs Triton ({triton_reason}); pip install triton")
         return Plan("cudnn", reason=f"Triton unavailable ({triton_reason}): cuDNN")
 
+    min_block = 16 if mm == "dot" else 2  # tl.dot needs 16 columns
+    stepwise_block = max(stepwise_block, min_block)
     stepwise = Plan(
         "stepwise",
         block_h=stepwise_block,
         programs=math.ceil(hidden / stepwise_block),
         num_warps=warps_for(slice_bytes(hidden, gates, stepwise_block, element_size)),
+        mm=mm,
     )
     if want == "stepwise":
         return _with_reason(stepwise, "stepwise requested")
@@ -99,7 +108,7 @@ def plan_recurrence(
         return Plan("cudnn", reason=f"batch {batch} > {MAX_PERSISTENT_BATCH}: a GEMM per step, cuDNN")
 
     # Fewest rows per program such that every program gets an SM of its own.
-    block_h = max(2, _pow2_ceil(math.ceil(hidden / device.sm_count)))
+    block_h = max(min_block, _pow2_ceil(math.ceil(hidden / device.sm_count)))
     programs = math.ceil(hidden / block_h)
     need = slice_bytes(hidden, gates, block_h, element_size)
     budget = int(onchip_fraction * device.regs_per_sm * 4)
@@ -117,8 +126,9 @@ def plan_recurrence(
         programs=programs,
         num_warps=warps_for(need),
         reason=f"persistent: {programs} programs x {block_h} units, {need // KiB} KiB of U each",
+        mm=mm,
     )
 
 
 def _with_reason(plan: Plan, reason: str) -> Plan:
-    return Plan(plan.path, plan.block_h, plan.programs, plan.num_warps, reason)
+    return dataclasses.replace(plan, reason=reason)

@@ -73,19 +73,33 @@ def _load_slice(u_ptr, gate, n, n_mask, k, k_mask, H, TRANSPOSED: tl.constexpr):
 
 @triton.jit
 def _rows_times_slice(
-    h_ptr, stride_b, B, u, k, k_mask, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, ACC: tl.constexpr
+    h_ptr, stride_b, B, u, k, k_mask,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """acc[b, j] = sum_k h[b, k] * tile[k, j] for b < B, in the accumulator dtype ACC.
 
-    One batch row at a time: the tile stays where it is in registers and each h row (H values,
-    from L2: ``.cg`` skips L1, which is not coherent with other SMs' writes) is broadcast over it.
+    h rows come from L2 (``.cg`` skips L1, which is not coherent with other SMs' writes).
+    FMA mapping (DOT=False): one batch row at a time, broadcast over the tile where it sits in
+    registers and reduced over k: B reductions per step, no padding of the batch.
+    DOT mapping: one tl.dot of the [BLOCK_B, H] rows with the tile (tensor cores for 16-bit
+    inputs; BLOCK_B and BLOCK_H >= 16, so a minibatch of 4 pads to 16 rows). UPCAST feeds the dot
+    fp32/fp64 operands: needed for fp64, and in the interpreter, whose 16-bit dot is wrong.
+    Which is faster at a small minibatch is for the benchmark (--mm) to say.
     """
     rows = tl.arange(0, BLOCK_B)
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    for b in range(0, B):
-        hb = tl.load(h_ptr + b * stride_b + k, mask=k_mask, other=0.0, cache_modifier=".cg")
-        part = tl.sum(u.to(ACC) * hb.to(ACC)[:, None], axis=0)
-        acc = tl.where(rows[:, None] == b, part[None, :], acc)
+    if DOT:
+        hm = (rows[:, None] < B) & k_mask[None, :]
+        hb = tl.load(h_ptr + rows[:, None] * stride_b + k[None, :], mask=hm, other=0.0, cache_modifier=".cg")
+        if UPCAST:
+            acc = tl.dot(hb.to(ACC), u.to(ACC), input_precision="ieee", out_dtype=ACC)
+        else:
+            acc = tl.dot(hb.to(u.dtype), u, input_precision="ieee", out_dtype=ACC)
+    else:
+        acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+        for b in range(0, B):
+            hb = tl.load(h_ptr + b * stride_b + k, mask=k_mask, other=0.0, cache_modifier=".cg")
+            part = tl.sum(u.to(ACC) * hb.to(ACC)[:, None], axis=0)
+            acc = tl.where(rows[:, None] == b, part[None, :], acc)
     return acc
 
 
@@ -115,7 +129,7 @@ def _recurrence_fwd(
     B, H, t0, n_steps,
     GATES: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
     BARRIER: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, H_PAD: tl.constexpr,
-    ACC: tl.constexpr, MAX_SPIN: tl.constexpr,
+    ACC: tl.constexpr, DOT: tl.constexpr, UPCAST: tl.constexpr, MAX_SPIN: tl.constexpr,
 ):
     """Steps t0 .. t0+n_steps-1, with hbuf[0] = h0 and hbuf[t+1] = h_t.
     xw [T, B, GATES*H] is the input projection (with b_ih); gates [T, B, 4H] (GRU, if SAVE) keeps
@@ -151,7 +165,8 @@ def _recurrence_fwd(
         t = t0 + s
         h_prev = hbuf_ptr + t * B * H
         xw_t = xw_ptr + t * B * G + b[:, None] * G + n[None, :]
-        a0 = _rows_times_slice(h_prev, H, B, u0, k, k_mask, BLOCK_B, BLOCK_H, ACC) + bias0[None, :]
+        a0 = _rows_times_slice(h_prev, H, B, u0, k, k_mask, BLOCK_B, BLOCK_H, ACC, DOT,
+                               UPCAST) + bias0[None, :]
         x0 = tl.load(xw_t, mask=m2, other=0.0).to(ACC)
         if GATES == 1:
             if ACT == 0:
@@ -159,8 +174,10 @@ def _recurrence_fwd(
             else:
                 h = tl.maximum(x0 + a0, 0.0)
         else:
-            a1 = _rows_times_slice(h_prev, H, B, u1, k, k_mask, BLOCK_B, BLOCK_H, ACC) + bias1[None, :]
-            a2 = _rows_times_slice(h_prev, H, B, u2, k, k_mask, BLOCK_B, BLOCK_H, ACC) + bias2[None, :]
+            a1 = _rows_times_slice(h_prev, H, B, u1, k, k_mask, BLOCK_B, BLOCK_H, ACC, DOT,
+                                   UPCAST) + bias1[None, :]
+            a2 = _rows_times_slice(h_prev, H, B, u2, k, k_mask, BLOCK_B, BLOCK_H, ACC, DOT,
+                                   UPCAST) + bias2[None, :]
             x1 = tl.load(xw_t + H, mask=m2, other=0.0).to(ACC)
             x2 = tl.load(xw_t + 2 * H, mask=m2, other=0.0).to(ACC)
             r = tl.sigmoid(x0 + a0)
@@ -190,7 +207,7 @@ def _recurrence_bwd(
     T, B, H, t0, n_steps,
     GATES: tl.constexpr, ACT: tl.constexpr, BARRIER: tl.constexpr, FINISH: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, H_PAD: tl.constexpr, ACC: tl.constexpr,
-    MAX_SPIN: tl.constexpr,
+    DOT: tl.constexpr, UPCAST: tl.constexpr, MAX_SPIN: tl.constexpr,
 ):
     """Steps t0, t0-1, ..., t0-n_steps+1 of the dh recurrence (descending).
 
@@ -225,10 +242,13 @@ def _recurrence_bwd(
         # dL/dh_t, the part through step t+1's hidden-side pre-activations: needs all of gh[t+1].
         if t < T - 1:
             gnext = gh_ptr + (t + 1) * B * G
-            carry += _rows_times_slice(gnext, G, B, u0, k, k_mask, BLOCK_B, BLOCK_H, ACC)
+            carry += _rows_times_slice(gnext, G, B, u0, k, k_mask, BLOCK_B, BLOCK_H, ACC, DOT,
+                                       UPCAST)
             if GATES == 3:
-                carry += _rows_times_slice(gnext + H, G, B, u1, k, k_mask, BLOCK_B, BLOCK_H, ACC)
-                carry += _rows_times_slice(gnext + 2 * H, G, B, u2, k, k_mask, BLOCK_B, BLOCK_H, ACC)
+                carry += _rows_times_slice(gnext + H, G, B, u1, k, k_mask, BLOCK_B, BLOCK_H, ACC, DOT,
+                                           UPCAST)
+                carry += _rows_times_slice(gnext + 2 * H, G, B, u2, k, k_mask, BLOCK_B, BLOCK_H, ACC, DOT,
+                                           UPCAST)
         if s < n_steps:
             dh = tl.load(dy_ptr + t * B * H + bn, mask=m2, other=0.0).to(ACC) + carry
             gh_t = gh_ptr + t * B * G + b[:, None] * G + n[None, :]
@@ -269,8 +289,8 @@ def _recurrence_bwd(
 
 
 # ---------------------------------------------------------------------------------------- host side
-def _block_b(batch: int) -> int:
-    return max(2, triton.next_power_of_2(batch))
+def _block_b(batch: int, dot: bool) -> int:
+    return max(16 if dot else 2, triton.next_power_of_2(batch))
 
 
 def _launch(kernel, plan, args, max_spin: int, **meta):
@@ -299,9 +319,11 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _common_meta(cell, act, plan, batch, hidden, dtype):
     gates = 3 if cell == "gru" else 1
     acc = tl.float64 if _acc_dtype(dtype) == torch.float64 else tl.float32
+    dot = plan.mm == "dot"
     return dict(
-        GATES=gates, ACT=ACT_CODES[act], BLOCK_B=_block_b(batch), BLOCK_H=plan.block_h,
-        H_PAD=triton.next_power_of_2(hidden), ACC=acc,
+        GATES=gates, ACT=ACT_CODES[act], BLOCK_B=_block_b(batch, dot), BLOCK_H=plan.block_h,
+        H_PAD=max(16, triton.next_power_of_2(hidden)), ACC=acc, DOT=dot,
+        UPCAST=INTERPRET or dtype == torch.float64,
     )
 
 

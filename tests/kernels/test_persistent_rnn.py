@@ -26,9 +26,12 @@ BOUND = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 5e-3, torch.b
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("gru", "tanh")]
 # The interpreter runs programs one after another, so a persistent launch there has ONE program
 # (its barrier is met by itself); step-wise launches use several programs and a masked last one.
+# Both matmul mappings: FMA row by row, and tl.dot (tiles of at least 16).
 PLANS = {
     "persistent": Plan("persistent", block_h=32, programs=1),
     "stepwise": Plan("stepwise", block_h=8, programs=3),
+    "persistent-dot": Plan("persistent", block_h=32, programs=1, mm="dot"),
+    "stepwise-dot": Plan("stepwise", block_h=16, programs=2, mm="dot"),
 }
 T, B, H = 6, 3, 24  # H not a power of two: masked tiles
 
