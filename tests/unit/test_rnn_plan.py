@@ -81,3 +81,11 @@ def test_impossible_requests_are_one_line_errors(kw, error, message):
 def test_warps_grow_with_the_slice():
     small, big = plan(hidden=512), plan(hidden=2048, gates=3)
     assert 4 <= small.num_warps <= big.num_warps <= 16
+
+
+def test_the_dot_mapping_needs_tiles_of_16_units():
+    p = plan(mm="dot")
+    assert p.mm == "dot" and p.block_h == 16 and p.programs == 64
+    assert plan(mm="dot", want="stepwise", stepwise_block=4).block_h == 16
+    with pytest.raises(ValueError, match="rnn mm 'wmma' is unknown"):
+        plan(mm="wmma")
