@@ -51,6 +51,7 @@ class DdtrainEngine:
             bucket_mb=comm.bucket_mb,
             first_bucket_mb=comm.first_bucket_mb,
             comm_dtype=comm.dtype,
+            pack=comm.pack,
             on_event=on_event,
         )
 

@@ -2,7 +2,9 @@
 
 Life of one synchronised step:
   1. backward runs; as each parameter's gradient is final (a post-accumulate-grad hook), it is
-     scaled by 1/world_size and cast into its slot of a flat bucket buffer (one fused op);
+     scaled by 1/world_size and cast into its slot of a flat bucket buffer (one fused op), or,
+     with ``comm.pack=triton``, counted, and the whole bucket is filled by one launch when its
+     last gradient arrives (``comm/packing.py``);
   2. when a bucket's last slot is filled, its all-reduce is launched asynchronously, provided
      every earlier bucket has been launched: collectives must be issued in the same order on
      every rank, and the bucket index is that order (DDP's reducer keeps the same rule);
@@ -25,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ddtrain.comm.buckets import MiB, plan_buckets
+from ddtrain.comm.packing import TritonBuckets, choose_packing
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class GradReducer:
         bucket_mb: float,
         first_bucket_mb: float,
         comm_dtype: str = "fp32",
+        pack: str = "auto",
         group=None,
         on_event: Callable[[str, int], None] | None = None,
     ):
@@ -89,6 +93,13 @@ class GradReducer:
         self.slot_views = [
             self.buffers[s.bucket][s.offset:s.offset + s.numel] for s in self.plan.slots
         ]
+        self._pack_mode = pack
+        self.packing, why = choose_packing(pack, device, {p.dtype for p in self.params})
+        log.info("gradient packing: %s (%s)", self.packing, why)
+        # None: each hook fills its own slot (packing "torch").
+        self._triton = None
+        if self.packing == "triton":
+            self._triton = TritonBuckets(self.plan, self.buffers, self.params)
         self._sync = True
         self._warned_unused = False
         self._reset()
@@ -122,7 +133,9 @@ class GradReducer:
                     f"parameter '{self.names[idx]}' received a second gradient in one synchronised "
                     "step; run extra backward passes inside reducer.no_sync() (trainer.grad_accum)"
                 )
-            self._fill(idx, param.grad)
+            if self._triton is None:
+                self._fill(idx, param.grad)
+            self._filled[idx] = True  # with Triton packing, _launch_ready fills the whole bucket
             if self._on_event is not None:
                 self._on_event("grad", idx)
             bucket = self.plan.slots[idx].bucket
@@ -139,15 +152,33 @@ class GradReducer:
         else:
             # Scale and cast in one kernel: the bucket then holds grad / world_size in comm dtype.
             torch.mul(grad.reshape(-1), 1.0 / self.world_size, out=view)
-        self._filled[idx] = True
 
     def _launch_ready(self) -> None:
         while self._next < len(self.plan) and self._pending[self._next] == 0:
+            if self._triton is not None:
+                self._pack_bucket(self._next)
             work = dist.all_reduce(self.buffers[self._next], group=self.group, async_op=True)
             self._works.append(work)
             if self._on_event is not None:
                 self._on_event("launch", self._next)
             self._next += 1
+
+    def _pack_bucket(self, bucket: int) -> None:
+        try:
+            self._triton.pack(bucket, 1.0 / self.world_size)
+        except Exception as exc:  # e.g. the kernel does not compile for this GPU / Triton
+            if self._pack_mode != "auto":
+                raise
+            # comm.pack=auto must not cost the run: fall back to the per-gradient copies for good.
+            # Gradients already counted but not packed (this bucket and any later one) are
+            # filled now; hooks from here on fill their own slots.
+            log.warning("gradient packing: the Triton launch failed (%s); using torch copies from "
+                        "now on (set comm.pack=torch to silence this)", str(exc).splitlines()[0][:200])
+            self._triton, self.packing = None, "torch"
+            for later in self.plan.members[bucket:]:
+                for idx in later:
+                    if self._filled[idx]:
+                        self._fill(idx, self.params[idx].grad)
 
     # ------------------------------------------------------------------ after backward
     def wait(self) -> None:
@@ -158,16 +189,19 @@ class GradReducer:
             self._complete_unfinished()
         for work in self._works:
             work.wait()
-        for p, view in zip(self.params, self.slot_views):
-            averaged = view.view_as(p)
-            if view.dtype == p.dtype:
-                # The gradient *is* the bucket slice, no copy back. zero_grad() (set_to_none)
-                # drops this alias before the next backward refills the bucket.
-                p.grad = averaged
-            elif p.grad is not None:
-                p.grad.copy_(averaged)  # cast back from the comm dtype
-            else:
-                p.grad = averaged.to(p.dtype)  # no local gradient this step (see below)
+        if self._triton is not None and self.comm_dtype != self.params[0].dtype:
+            self._triton.unpack()  # cast back, one launch per bucket (one dtype: choose_packing)
+        else:
+            for p, view in zip(self.params, self.slot_views):
+                averaged = view.view_as(p)
+                if view.dtype == p.dtype:
+                    # The gradient *is* the bucket slice, no copy back. zero_grad() (set_to_none)
+                    # drops this alias before the next backward refills the bucket.
+                    p.grad = averaged
+                elif p.grad is not None:
+                    p.grad.copy_(averaged)  # cast back from the comm dtype
+                else:
+                    p.grad = averaged.to(p.dtype)  # no local gradient this step (see below)
         self._reset()
 
     def _complete_unfinished(self) -> None:
@@ -186,7 +220,9 @@ class GradReducer:
             )
             self._warned_unused = True
         for idx in missing:
-            self._fill(idx, self.params[idx].grad)
+            if self._triton is None:  # else the bucket's launch reads p.grad, None as zeros
+                self._fill(idx, self.params[idx].grad)
+            self._filled[idx] = True  # counted: a Triton fallback must fill it too
             self._pending[self.plan.slots[idx].bucket] -= 1
         self._launch_ready()
 
@@ -199,5 +235,6 @@ class GradReducer:
         mib = [n * self.buffers[0].element_size() / MiB for n in self.plan.sizes]
         return (
             f"{len(self.params)} tensors in {len(self.plan)} bucket(s) "
-            f"({', '.join(f'{m:.2f}' for m in mib)} MiB, {str(self.comm_dtype).removeprefix('torch.')})"
+            f"({', '.join(f'{m:.2f}' for m in mib)} MiB, {str(self.comm_dtype).removeprefix('torch.')}), "
+            f"packed by {self.packing}"
         )
