@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ddtrain.kernels.rnn_plan import PATHS as RNN_PATHS
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message is one line naming key, value and fix."""
@@ -64,28 +66,46 @@ class GPTConfig:
     dropout: float = 0.0
 
 
+@dataclass(frozen=True)
+class PRNNConfig:
+    name: str = "prnn"
+    conv_layers: int = 1  # Conv1d layers over time in front of the recurrence (0: none)
+    conv_channels: int = 128
+    kernel: int = 5  # frames each conv sees; odd, so stride-1 'same' padding keeps every frame
+    cell: str = "gru"  # gru | rnn
+    nonlinearity: str = "relu"  # cell=rnn only: relu | tanh
+    hidden: int = 128
+    layers: int = 3  # recurrent layers
+    path: str = "auto"  # auto | persistent | stepwise | cudnn | reference (ddtrain/kernels/rnn_plan.py)
+
+
 MODEL_SCHEMAS: dict[str, type] = {
     "mlp": MLPConfig,
     "convnet": ConvNetConfig,
     "resnet": ResNetConfig,
     "rnn": RNNConfig,
     "gpt": GPTConfig,
+    "prnn": PRNNConfig,
 }
-ModelConfig = MLPConfig | ConvNetConfig | ResNetConfig | RNNConfig | GPTConfig
+ModelConfig = MLPConfig | ConvNetConfig | ResNetConfig | RNNConfig | GPTConfig | PRNNConfig
 
 
 # --------------------------------------------------------------------------- the rest
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "synthetic"  # synthetic | digits | chars
+    name: str = "synthetic"  # synthetic | digits | chars | speech
     batch_size: int = 32  # per rank; the global batch is world_size * batch_size
-    samples: int = 4096  # synthetic only: size of the generated data set
+    samples: int = 4096  # synthetic, speech: size of the generated data set
     image_size: int = 32  # synthetic images
     channels: int = 3  # synthetic images
-    num_classes: int = 10  # synthetic images
-    seq_len: int = 64  # token models: context length
+    num_classes: int = 10  # synthetic images; speech: phoneme classes
+    seq_len: int = 64  # token models: context length; speech: frames per utterance
     vocab_size: int = 64  # synthetic tokens
     paths: tuple[str, ...] = ()  # chars: text files; empty = the Python docs bundled with CPython
+    features: int = 32  # speech: spectral channels per frame
+    noise: float = 2.0  # speech: std of the per-frame noise (the class templates have unit variance)
+    min_segment: int = 2  # speech: frames of the shortest phoneme segment
+    max_segment: int = 8  # speech: frames of the longest
 
 
 @dataclass(frozen=True)
@@ -108,6 +128,7 @@ class CommConfig:
     bucket_mb: float = 25.0
     first_bucket_mb: float = 1.0  # small first bucket so the first all-reduce starts early (as DDP)
     dtype: str = "fp32"  # fp32 | bf16 | fp16: the dtype gradients travel in
+    pack: str = "auto"  # auto | triton | torch: how gradients are copied into the buckets
     backend: str = "auto"  # auto (nccl with CUDA, else gloo) | nccl | gloo
     timeout_s: float = 300.0
 
@@ -254,6 +275,18 @@ def validate(cfg: TrainConfig) -> None:
         _positive("model.embed", m.embed)
         _positive("model.hidden", m.hidden)
         _positive("model.layers", m.layers)
+    elif isinstance(m, PRNNConfig):
+        _positive("model.conv_layers", m.conv_layers, zero_ok=True)
+        _positive("model.conv_channels", m.conv_channels)
+        _positive("model.kernel", m.kernel)
+        if m.kernel % 2 == 0:
+            raise ConfigError(f"model.kernel={m.kernel} must be odd (stride-1 'same' padding keeps one "
+                              "output per frame only for odd kernels); e.g. 3 or 5")
+        _choice("model.cell", m.cell, ["gru", "rnn"])
+        _choice("model.nonlinearity", m.nonlinearity, ["relu", "tanh"])
+        _positive("model.hidden", m.hidden)
+        _positive("model.layers", m.layers)
+        _choice("model.path", m.path, RNN_PATHS)
     elif isinstance(m, GPTConfig):
         _positive("model.layers", m.layers)
         _positive("model.heads", m.heads)
@@ -264,9 +297,12 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
 
     d = cfg.data
-    _choice("data", d.name, ["synthetic", "digits", "chars"])
-    for key in ("batch_size", "samples", "image_size", "channels", "seq_len"):
+    _choice("data", d.name, ["synthetic", "digits", "chars", "speech"])
+    for key in ("batch_size", "samples", "image_size", "channels", "seq_len", "features", "min_segment"):
         _positive(f"data.{key}", getattr(d, key))
+    _positive("data.noise", d.noise, zero_ok=True)
+    if d.max_segment < d.min_segment:
+        raise ConfigError(f"data.max_segment={d.max_segment} must be >= data.min_segment={d.min_segment}")
     if d.num_classes < 2:
         raise ConfigError(f"data.num_classes={d.num_classes} must be >= 2")
     if d.vocab_size < 2:
@@ -291,6 +327,7 @@ def validate(cfg: TrainConfig) -> None:
     _positive("comm.bucket_mb", c.bucket_mb)
     _positive("comm.first_bucket_mb", c.first_bucket_mb)
     _choice("comm.dtype", c.dtype, ["fp32", "bf16", "fp16"])
+    _choice("comm.pack", c.pack, ["auto", "triton", "torch"])
     _choice("comm.backend", c.backend, ["auto", "nccl", "gloo"])
     _positive("comm.timeout_s", c.timeout_s)
 

@@ -41,7 +41,8 @@ def autocast(device: torch.device, precision: str):
 
 
 def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over classes (images) or every position (tokens), computed in fp32."""
+    """Cross-entropy, computed in fp32, over classes (images: logits [B, C], y [B]) or every
+    position (tokens, frames: logits [B, T, C], y [B, T]); the mean over all B*T positions."""
     return F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
 
 

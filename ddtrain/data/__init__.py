@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ddtrain.config import DataConfig
-from ddtrain.data import chars, digits, synthetic
+from ddtrain.data import chars, digits, speech, synthetic
 from ddtrain.data.sharding import ShardedBatches, sample_indices
 from ddtrain.data.spec import DataSpec
 
@@ -24,8 +24,9 @@ _KINDS: dict[str, tuple[str, ...]] = {
     "synthetic": ("image", "tokens"),
     "digits": ("image",),
     "chars": ("tokens",),
+    "speech": ("frames",),
 }
-_PLURAL = {"image": "images", "tokens": "tokens"}
+_PLURAL = {"image": "images", "tokens": "tokens", "frames": "frames"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,7 +48,8 @@ class Dataset:
 
 def _check_kind(name: str, input_kind: str) -> None:
     if input_kind not in _PLURAL:
-        raise ValueError(f"input kind {input_kind!r} is not known; models need 'image' or 'tokens'")
+        known = ", ".join(map(repr, _PLURAL))
+        raise ValueError(f"input kind {input_kind!r} is not known; models need one of: {known}")
     if name not in _KINDS:
         raise ValueError(f"data={name!r} is not allowed; choose one of: {', '.join(_KINDS)}")
     gives = _KINDS[name]
@@ -60,7 +62,7 @@ def _check_kind(name: str, input_kind: str) -> None:
 
 
 def build_dataset(cfg: DataConfig, input_kind: str, seed: int) -> Dataset:
-    """The data set ``cfg.name`` as input of kind ``input_kind`` ("image" | "tokens").
+    """The data set ``cfg.name`` as input of kind ``input_kind`` ("image" | "tokens" | "frames").
 
     ``seed`` only matters for generated data. Raises ValueError, with one line naming the fix,
     when the set cannot give that kind, a file in ``cfg.paths`` is missing, or the set holds
@@ -75,12 +77,15 @@ def build_dataset(cfg: DataConfig, input_kind: str, seed: int) -> Dataset:
         x, y, spec = synthetic.tokens(cfg, seed)
     elif cfg.name == "digits":
         x, y, spec = digits.images()
+    elif cfg.name == "speech":
+        x, y, spec = speech.frames(cfg, seed)
     else:
         x, y, spec, vocab = chars.windows(cfg)
     dataset = Dataset(x=x, y=y, spec=spec, vocab=vocab)
     if len(dataset) < cfg.batch_size:
         more = {
             "synthetic": " or raise data.samples",
+            "speech": " or raise data.samples",
             "digits": "",
             "chars": ", lower data.seq_len or give more text in data.paths",
         }[cfg.name]

@@ -26,13 +26,14 @@ _SEED_SALT = 0x5D47A
 _SUCCESSORS = 4
 
 
-def _generator(seed: int) -> torch.Generator:
+def data_generator(seed: int) -> torch.Generator:
+    """The generator every generated data set draws from: ``seed``, salted."""
     return torch.Generator().manual_seed(seed + _SEED_SALT)
 
 
 def images(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
     """``cfg.samples`` N(0, 1) images [C, H, W], labelled by the argmax of a random linear teacher."""
-    g = _generator(seed)
+    g = data_generator(seed)
     features = cfg.channels * cfg.image_size * cfg.image_size
     # Teacher first, so it depends only on the seed and the shapes, never on the sample count.
     teacher = torch.randn(features, cfg.num_classes, generator=g)
@@ -73,26 +74,32 @@ def markov_chain(vocab_size: int, g: torch.Generator) -> tuple[torch.Tensor, tor
     return successors, cdf / cdf[:, -1:]
 
 
-def tokens(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
-    """``cfg.samples`` sequences of a random Markov chain; x = seq[:-1], y = seq[1:] (int64)."""
-    g = _generator(seed)
-    successors, cdf = markov_chain(cfg.vocab_size, g)
+def markov_walk(successors: torch.Tensor, cdf: torch.Tensor, steps: int, count: int,
+                g: torch.Generator) -> torch.Tensor:
+    """``count`` walks of ``steps`` transitions on a chain from ``markov_chain``: int64 [count, steps+1]."""
     k = successors.shape[1]
-    uniform = torch.rand(cfg.seq_len, cfg.samples, 1, generator=g, dtype=torch.float64)
-    first = torch.randint(cfg.vocab_size, (cfg.samples,), generator=g)
+    uniform = torch.rand(steps, count, 1, generator=g, dtype=torch.float64)
+    first = torch.randint(successors.shape[0], (count,), generator=g)
     # The walk itself runs in numpy on views of the torch draws (so the torch seed still decides
-    # everything): it is seq_len tiny steps, and torch wakes its intra-op threads for each one;
+    # everything): it is `steps` tiny steps, and torch wakes its intra-op threads for each one;
     # on a busy 2-core host that made 1024 steps 15x slower than numpy's single thread.
     cdf_np, successors_np, uniform_np = cdf.numpy(), successors.flatten().numpy(), uniform.numpy()
-    seq = np.empty((cfg.samples, cfg.seq_len + 1), dtype=np.int64)
+    seq = np.empty((count, steps + 1), dtype=np.int64)
     seq[:, 0] = first.numpy()
-    # One vectorised step per position over all sequences, by inverse-CDF sampling: the
-    # successor taken is the first whose cumulative probability exceeds u, i.e. the number of
-    # successors whose cumulative probability does not.
-    for t in range(cfg.seq_len):
+    # One vectorised step per position over all walks, by inverse-CDF sampling: the successor
+    # taken is the first whose cumulative probability exceeds u, i.e. the number of successors
+    # whose cumulative probability does not.
+    for t in range(steps):
         prev = seq[:, t]
         choice = (cdf_np[prev] <= uniform_np[t]).sum(axis=1)
         seq[:, t + 1] = successors_np[prev * k + choice]
-    seq = torch.from_numpy(seq)
+    return torch.from_numpy(seq)
+
+
+def tokens(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
+    """``cfg.samples`` sequences of a random Markov chain; x = seq[:-1], y = seq[1:] (int64)."""
+    g = data_generator(seed)
+    successors, cdf = markov_chain(cfg.vocab_size, g)
+    seq = markov_walk(successors, cdf, cfg.seq_len, cfg.samples, g)
     spec = DataSpec(kind="tokens", seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
     return seq[:, :-1], seq[:, 1:], spec

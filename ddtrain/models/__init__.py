@@ -1,7 +1,8 @@
 """The model zoo: reference workloads for ddtrain, each reporting its training FLOPs per sample.
 
 ``build_model(cfg.model, spec)`` picks the model by ``cfg.name`` and checks that the data set
-hands it the kind of input it reads (images or token ids) before anything is allocated.
+hands it the kind of input it reads (images, token ids or spectral frames) before anything is
+allocated.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ddtrain.data.spec import DataSpec
 from ddtrain.models.convnet import ConvNet
 from ddtrain.models.gpt import GPT
 from ddtrain.models.mlp import MLP
+from ddtrain.models.prnn import PRNN
 from ddtrain.models.resnet import ResNet
 from ddtrain.models.rnn import GRULM
 
@@ -23,6 +25,7 @@ INPUT_KIND: dict[str, str] = {
     "resnet": "image",
     "rnn": "tokens",
     "gpt": "tokens",
+    "prnn": "frames",
 }
 
 _BUILDERS: dict[str, type[nn.Module]] = {
@@ -31,12 +34,17 @@ _BUILDERS: dict[str, type[nn.Module]] = {
     "resnet": ResNet,
     "rnn": GRULM,
     "gpt": GPT,
+    "prnn": PRNN,
 }
 
 # wording and the data sets that supply each kind, for the mismatch message
-_NOUN = {"image": "image", "tokens": "token"}
-_PLURAL = {"image": "images", "tokens": "tokens"}
-_DATA_FOR = {"image": "data=digits or data=synthetic", "tokens": "data=chars or data=synthetic"}
+_NOUN = {"image": "image", "tokens": "token", "frames": "frame"}
+_PLURAL = {"image": "images", "tokens": "tokens", "frames": "frames"}
+_DATA_FOR = {
+    "image": "data=digits or data=synthetic",
+    "tokens": "data=chars or data=synthetic",
+    "frames": "data=speech",
+}
 
 
 def build_model(cfg: ModelConfig, spec: DataSpec) -> nn.Module:

@@ -14,7 +14,7 @@ from tests.cli_helpers import run_cli
     "overrides,needle",
     [
         (["comm.bucket_mb=-1"], "comm.bucket_mb=-1.0 must be > 0"),
-        (["model=foo"], "model=foo is not allowed; choose one of: convnet, gpt, mlp, resnet, rnn"),
+        (["model=foo"], "model=foo is not allowed; choose one of: convnet, gpt, mlp, prnn, resnet, rnn"),
         (["data.batch_size=0"], "data.batch_size=0 must be > 0"),
         (["data.batch_size=abc"], "data.batch_size='abc' is not an integer"),
         (["comm.dtype=int8"], "comm.dtype='int8' is not allowed; choose one of: fp32, bf16, fp16"),
@@ -23,6 +23,11 @@ from tests.cli_helpers import run_cli
             "data.batch_sizee is not a key of data=synthetic (did you mean data.batch_size?)",
         ),
         (["model=gpt", "data=digits"], "data=digits gives images but model needs tokens"),
+        (["model=prnn"], "data=synthetic gives images but model needs frames; use data=speech"),
+        (["model=gpt", "data=speech"], "data=speech gives frames but model needs tokens"),
+        (["model=prnn", "data=speech", "model.cell=lstm"],
+         "model.cell='lstm' is not allowed; choose one of: gru, rnn"),
+        (["data=speech", "data.max_segment=1"], "data.max_segment=1 must be >= data.min_segment=2"),
         (["model=gpt", "data=chars", "data.paths=[/nonexistent/corpus.txt]"], "no such file"),
     ],
 )

@@ -15,6 +15,7 @@ from ddtrain.config import (
     GPTConfig,
     MLPConfig,
     OptimConfig,
+    PRNNConfig,
     ResNetConfig,
     RNNConfig,
     TrainConfig,
@@ -30,6 +31,7 @@ IMAGES = DataConfig(name="synthetic", samples=256, image_size=8, channels=3, num
 # rounding (measured: 5e-5 between 1 and 2 threads of the *same* run); 16 px keeps it at 4e-7.
 IMAGES16 = DataConfig(name="synthetic", samples=256, image_size=16, channels=3, num_classes=10)
 TOKENS = DataConfig(name="synthetic", samples=256, seq_len=16, vocab_size=32)
+SPEECH = DataConfig(name="speech", samples=256, seq_len=12, features=8, num_classes=6)
 
 MODELS = {
     "mlp": (MLPConfig(hidden=32, layers=2), IMAGES),
@@ -37,6 +39,7 @@ MODELS = {
     "resnet": (ResNetConfig(depth=18, width=8), IMAGES16),
     "rnn": (RNNConfig(embed=16, hidden=32, layers=2), TOKENS),
     "gpt": (GPTConfig(layers=2, heads=2, dim=32), TOKENS),
+    "prnn": (PRNNConfig(conv_channels=8, hidden=16, layers=2), SPEECH),
 }
 
 # SGD with momentum: its update is linear in the gradient, so fp32 summation-order noise stays

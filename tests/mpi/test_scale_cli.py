@@ -76,8 +76,8 @@ def test_measured_study_one_and_two_workers(tmp_path):
 def test_predict_only_to_128_gpus_on_a_cluster_preset(tmp_path):
     study = tmp_path / "study"
     args = ["scale.predict_only=true", "scale.predict_to=128", "cluster=dgx_h100", "scale.mode=both",
-            "scale.world_sizes=[1]", "model.width=8", "data.image_size=16", "data.batch_size=256",
-            f"hydra.run.dir={study}"]
+            "scale.world_sizes=[1]", "model=convnet", "data=synthetic", "model.width=8", "data.image_size=16",
+            "data.batch_size=256", f"hydra.run.dir={study}"]
     proc = run_cli(args, script=SCALE, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(study)
@@ -89,6 +89,26 @@ def test_predict_only_to_128_gpus_on_a_cluster_preset(tmp_path):
     _check_common(rows)
     assert not (study / "runs").exists()  # nothing was launched
     assert (study / "tb" / "summary").is_dir()
+
+
+def test_predict_only_strong_scaling_of_the_default_workload(tmp_path):
+    # model=prnn on data=speech, the default: one global batch of 16 utterances split over
+    # 1..16 workers, each per-worker batch profiled in this process (one thread, as a worker).
+    study = tmp_path / "study"
+    args = ["scale.predict_only=true", "scale.predict_to=16", "cluster=dgx_h100", "scale.mode=strong",
+            "scale.world_sizes=[1]", "scale.global_batch=16", "scale.threads_per_rank=1",
+            f"hydra.run.dir={study}"]
+    proc = run_cli(args, script=SCALE, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(study)
+    assert [(r["mode"], int(r["world_size"]), int(r["batch_per_worker"])) for r in rows] == [
+        ("strong", n, 16 // n) for n in (1, 2, 4, 8, 16)]
+    _check_common(rows)
+    meta = json.loads((study / "scaling.json").read_text())["meta"]
+    assert meta["train_overrides"][:2] == ["model=prnn", "data=speech"]
+    assert sorted(int(b) for b in meta["profiles"]) == [1, 2, 4, 8, 16]
+    # The defaults' analytic FLOPs: 32 frames x (2 x conv 40960 + 3 x (3 GRU layers x 196608 + head 4096)).
+    assert {p["flops_per_sample"] for p in meta["profiles"].values()} == {59_637_760.0}
 
 
 @pytest.mark.parametrize(

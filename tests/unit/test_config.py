@@ -18,6 +18,7 @@ from ddtrain.config import (
     GPTConfig,
     MLPConfig,
     OptimConfig,
+    PRNNConfig,
     ResNetConfig,
     RNNConfig,
     TrainConfig,
@@ -52,7 +53,7 @@ def test_empty_mapping_gives_the_defaults():
 @pytest.mark.parametrize(
     "name, schema",
     [("mlp", MLPConfig), ("convnet", ConvNetConfig), ("resnet", ResNetConfig), ("rnn", RNNConfig),
-     ("gpt", GPTConfig)],
+     ("gpt", GPTConfig), ("prnn", PRNNConfig)],
 )
 def test_each_model_name_builds_its_own_schema(name, schema):
     cfg = from_mapping({"model": {"name": name}})
@@ -94,12 +95,13 @@ BAD = [
     ({"comm": {"bucket_mb": -1}}, "comm.bucket_mb", ["> 0"]),
     ({"comm": {"first_bucket_mb": 0}}, "comm.first_bucket_mb", ["> 0"]),
     ({"data": {"batch_size": 0}}, "data.batch_size", ["> 0"]),
-    ({"model": {"name": "foo"}}, "model", ["mlp", "convnet", "resnet", "rnn", "gpt"]),
+    ({"model": {"name": "foo"}}, "model", ["mlp", "convnet", "resnet", "rnn", "gpt", "prnn"]),
     ({"comm": {"dtype": "int8"}}, "comm.dtype", ["fp32", "bf16", "fp16"]),
     ({"comm": {"engine": "horovod"}}, "comm.engine", ["ddtrain", "torch_ddp"]),
+    ({"comm": {"pack": "cuda"}}, "comm.pack", ["auto", "triton", "torch"]),
     ({"trainer": {"precision": "fp8"}}, "trainer.precision", ["fp32", "bf16"]),
     ({"optim": {"schedule": "step"}}, "optim.schedule", ["constant", "cosine", "linear"]),
-    ({"data": {"name": "imagenet"}}, "data", ["synthetic", "digits", "chars"]),
+    ({"data": {"name": "imagenet"}}, "data", ["synthetic", "digits", "chars", "speech"]),
     ({"data": {"batch_sizee": 64}}, "data.batch_sizee", ["batch_size", "seq_len"]),
     ({"model": {"name": "mlp", "heads": 4}}, "model.heads", ["hidden", "layers"]),
     ({"optimizer": {"lr": 0.1}}, "optimizer", ["optim", "trainer"]),
@@ -118,6 +120,18 @@ BAD = [
     ({"optim": {"min_lr_ratio": 1.5}}, "optim.min_lr_ratio", ["[0, 1]"]),
     ({"data": {"num_classes": 1}}, "data.num_classes", [">= 2"]),
     ({"trainer": {"threads": -2}}, "trainer.threads", [">= 0"]),
+    ({"model": {"name": "prnn", "cell": "lstm"}}, "model.cell", ["gru", "rnn"]),
+    ({"model": {"name": "prnn", "nonlinearity": "gelu"}}, "model.nonlinearity", ["relu", "tanh"]),
+    ({"model": {"name": "prnn", "path": "fast"}}, "model.path",
+     ["auto", "persistent", "stepwise", "cudnn", "reference"]),
+    ({"model": {"name": "prnn", "kernel": 4}}, "model.kernel", ["odd"]),
+    ({"model": {"name": "prnn", "conv_layers": -1}}, "model.conv_layers", [">= 0"]),
+    ({"model": {"name": "prnn", "hidden": 0}}, "model.hidden", ["> 0"]),
+    ({"model": {"name": "prnn", "embed": 64}}, "model.embed", ["conv_layers", "cell", "path"]),
+    ({"data": {"features": 0}}, "data.features", ["> 0"]),
+    ({"data": {"noise": -0.5}}, "data.noise", [">= 0"]),
+    ({"data": {"min_segment": 0}}, "data.min_segment", ["> 0"]),
+    ({"data": {"min_segment": 4, "max_segment": 3}}, "data.max_segment", ["data.min_segment=4"]),
 ]
 
 
@@ -181,7 +195,7 @@ def composed(overrides: list[str]) -> TrainConfig:
 
 
 def test_the_groups_hold_every_model():
-    assert MODEL_OPTIONS == sorted(["mlp", "convnet", "resnet", "rnn", "gpt"])
+    assert MODEL_OPTIONS == sorted(["mlp", "convnet", "resnet", "rnn", "gpt", "prnn"])
     assert EXPERIMENTS  # the glob found the presets
 
 
@@ -214,3 +228,15 @@ def test_every_experiment_composes_to_a_valid_config(experiment):
     for section, values in preset.items():
         for key, value in values.items():
             assert flat[f"{section}.{key}"] == value, f"{experiment}: {section}.{key}"
+
+
+def test_speech_group_spells_out_its_keys_and_the_defaults_agree():
+    cfg = composed(["model=prnn", "data=speech"])
+    yaml = OmegaConf.to_container(OmegaConf.load(CONFIGS / "data" / "speech.yaml"))
+    assert {k: getattr(cfg.data, k) for k in yaml} == yaml
+    # The speech keys the group sets are the dataclass defaults too, so a config built in code
+    # (tests, scripts) generates the same data as the YAML, apart from the utterance length and
+    # the batch (DataConfig's seq_len and batch_size serve the token and image sets as well).
+    defaults = DataConfig()
+    for key in ("samples", "features", "noise", "min_segment", "max_segment"):
+        assert getattr(defaults, key) == yaml[key], key

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from ddtrain.config import DataConfig
-from ddtrain.data import DataSpec, ShardedBatches, build_dataset, sample_indices
+from ddtrain.data import DataSpec, ShardedBatches, build_dataset, sample_indices, speech
 from ddtrain.data.sharding import _epoch_permutation
 
 # Small enough to build in milliseconds; 50 samples with global batches of 12 put a batch
@@ -150,6 +151,88 @@ def test_synthetic_token_transitions_are_not_uniform():
     assert entropy < 0.5 * math.log(vocab)
 
 
+# --------------------------------------------------------------------------- speech
+SPEECH = DataConfig(name="speech", samples=512, seq_len=32, features=32, num_classes=16, batch_size=4)
+
+
+def runs(labels: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(start, end, class) of each run of equal labels in one utterance."""
+    change = torch.nonzero(labels[1:] != labels[:-1]).flatten() + 1
+    bounds = [0, *change.tolist(), len(labels)]
+    return [(a, b, int(labels[a])) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def test_speech_shapes_labels_and_determinism():
+    data = build_dataset(SPEECH, "frames", seed=0)
+    assert len(data) == 512
+    assert data.x.shape == (512, 32, 32) and data.x.dtype == torch.float32
+    assert data.y.shape == (512, 32) and data.y.dtype == torch.int64
+    assert torch.equal(data.y.unique(), torch.arange(16))  # every class occurs, none outside
+    assert data.spec == DataSpec(kind="frames", seq_len=32, features=32, num_classes=16)
+    again = build_dataset(SPEECH, "frames", seed=0)
+    assert torch.equal(data.x, again.x) and torch.equal(data.y, again.y)
+    other = build_dataset(SPEECH, "frames", seed=1)
+    assert not torch.equal(data.x, other.x) and not torch.equal(data.y, other.y)
+    x, y = ShardedBatches(data, 4, 1, 2, seed=0).get(3)
+    assert x.shape == (4, 32, 32) and y.shape == (4, 32)
+
+
+def test_speech_segments_have_the_configured_lengths():
+    cfg = dataclasses.replace(SPEECH, min_segment=3, max_segment=5, samples=64)
+    data = build_dataset(cfg, "frames", seed=0)
+    lengths = []
+    for labels in data.y:
+        # Interior runs: the first and last segment are cut by the utterance's ends. A run can
+        # hold two segments when the chain repeats a class, so only the lower bound is exact.
+        lengths += [b - a for a, b, _ in runs(labels)[1:-1]]
+    assert min(lengths) == 3
+    assert sum(3 <= n <= 5 for n in lengths) > 0.7 * len(lengths)
+
+
+def test_segment_of_frame():
+    lengths = torch.tensor([[2, 3, 4], [4, 2, 2]])
+    offset = torch.tensor([0, 3])
+    # Utterance 0 starts on a boundary; utterance 1 starts on the last frame of its first segment.
+    expected = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 1, 1, 2, 2, 3]])
+    assert torch.equal(speech.segment_of_frame(lengths, offset, 6), expected)
+
+
+def nearest_mean_accuracy(train_x, train_y, test_x, test_y, classes):
+    means = torch.stack([train_x[train_y == c].mean(0) for c in range(classes)])
+    return (torch.cdist(test_x, means).argmin(1) == test_y).double().mean().item()
+
+
+def test_speech_is_learnable_and_needs_context():
+    data = build_dataset(SPEECH, "frames", seed=0)
+    half = len(data) // 2
+    fit_x, fit_y = data.x[:half].reshape(-1, 32), data.y[:half].flatten()
+    test_x, test_y = data.x[half:].reshape(-1, 32), data.y[half:].flatten()
+    # One frame at a time, with the class means of the other half: far above chance (1/16) ...
+    frame = nearest_mean_accuracy(fit_x, fit_y, test_x, test_y, 16)
+    assert 0.4 < frame < 0.85, frame
+    # ... and far better still with the mean of the frames of each frame's segment: the
+    # information is there, but spread over time, so a model must use context to get it.
+    # (Each frame is replaced by the mean of its run of equal labels.)
+    averaged = torch.cat([x[a:b].mean(0).expand(b - a, -1)
+                          for x, y in zip(data.x[half:], data.y[half:]) for a, b, _ in runs(y)])
+    segment = nearest_mean_accuracy(fit_x, fit_y, averaged, test_y, 16)
+    print(f"nearest class mean: {frame:.3f} of single frames, {segment:.3f} with segment means")
+    assert segment > frame + 0.2 and segment > 0.9, (frame, segment)
+
+
+def test_speech_phoneme_order_is_not_uniform():
+    data = build_dataset(dataclasses.replace(SPEECH, samples=1024), "frames", seed=0)
+    counts = torch.zeros(16, 16, dtype=torch.float64)
+    for y in data.y:
+        classes = [c for _, _, c in runs(y)]
+        for prev, nxt in zip(classes[:-1], classes[1:]):
+            counts[prev, nxt] += 1
+    p = counts / counts.sum()
+    conditional = p / p.sum(1, keepdim=True).clamp_min(1e-12)
+    entropy = -(p * conditional.clamp_min(1e-12).log()).sum().item()  # H(next | previous), nats
+    assert entropy < 0.6 * math.log(16)
+
+
 # --------------------------------------------------------------------------- digits
 def test_digits():
     data = build_dataset(DataConfig(name="digits"), "image", seed=0)
@@ -210,6 +293,9 @@ def test_chars_corpus_too_small_for_seq_len(tmp_path):
     [
         ("digits", "tokens", "data=chars or data=synthetic"),
         ("chars", "image", "data=digits or data=synthetic"),
+        ("speech", "tokens", "data=chars or data=synthetic"),
+        ("synthetic", "frames", "data=speech"),
+        ("digits", "frames", "data=speech"),
     ],
 )
 def test_kind_mismatch(name, kind, suggestion):
@@ -220,3 +306,5 @@ def test_kind_mismatch(name, kind, suggestion):
 def test_too_few_samples_for_one_batch():
     cfg = DataConfig(samples=8, batch_size=16, image_size=4)
     assert "data.batch_size" in one_line_error(lambda: build_dataset(cfg, "image", 0))
+    speech_cfg = dataclasses.replace(SPEECH, samples=3)
+    assert "data.samples" in one_line_error(lambda: build_dataset(speech_cfg, "frames", 0))

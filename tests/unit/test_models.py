@@ -9,12 +9,13 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddtrain.config import ConvNetConfig, GPTConfig, MLPConfig, ResNetConfig, RNNConfig
+from ddtrain.config import ConvNetConfig, GPTConfig, MLPConfig, PRNNConfig, ResNetConfig, RNNConfig
 from ddtrain.data.spec import DataSpec
 from ddtrain.models import INPUT_KIND, build_model
 
 IMAGES = DataSpec(kind="image", channels=3, image_size=16, num_classes=10)
 TOKENS = DataSpec(kind="tokens", seq_len=16, vocab_size=32)
+FRAMES = DataSpec(kind="frames", seq_len=16, features=12, num_classes=7)
 
 # (test id, config, spec): the defaults, plus the two ResNet layouts at a width that stays fast
 CASES = [
@@ -25,6 +26,9 @@ CASES = [
     ("resnet18-imagenet-stem", ResNetConfig(depth=18, width=8), DataSpec("image", 3, 64, 10)),
     ("rnn", RNNConfig(), TOKENS),
     ("gpt", GPTConfig(), TOKENS),
+    ("prnn", PRNNConfig(), FRAMES),
+    ("prnn-rnn", PRNNConfig(cell="rnn", conv_layers=2, conv_channels=16, kernel=3, hidden=24), FRAMES),
+    ("prnn-noconv", PRNNConfig(conv_layers=0, hidden=24, layers=2), FRAMES),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -44,6 +48,9 @@ def batch(spec: DataSpec, b: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
     if spec.kind == "image":
         x = torch.randn(b, spec.channels, spec.image_size, spec.image_size, generator=g)
         return x, torch.randint(0, spec.num_classes, (b,), generator=g)
+    if spec.kind == "frames":
+        x = torch.randn(b, spec.seq_len, spec.features, generator=g)
+        return x, torch.randint(0, spec.num_classes, (b, spec.seq_len), generator=g)
     x = torch.randint(0, spec.vocab_size, (b, spec.seq_len), generator=g)
     return x, torch.randint(0, spec.vocab_size, (b, spec.seq_len), generator=g)
 
@@ -65,6 +72,8 @@ def test_shape_and_every_parameter_gets_a_finite_grad(name, cfg, spec):
     logits = model(x)
     if spec.kind == "image":
         assert logits.shape == (3, spec.num_classes)
+    elif spec.kind == "frames":
+        assert logits.shape == (3, spec.seq_len, spec.num_classes)
     else:
         assert logits.shape == (3, spec.seq_len, spec.vocab_size)
     loss_of(model, x, y).backward()
@@ -105,7 +114,8 @@ def test_resnet_auto_stem_follows_image_size():
 
 @pytest.mark.parametrize(
     "cfg,spec",
-    [(GPTConfig(), IMAGES), (RNNConfig(), IMAGES), (MLPConfig(), TOKENS), (ResNetConfig(), TOKENS)],
+    [(GPTConfig(), IMAGES), (RNNConfig(), IMAGES), (MLPConfig(), TOKENS), (ResNetConfig(), TOKENS),
+     (PRNNConfig(), IMAGES), (PRNNConfig(), TOKENS), (GPTConfig(), FRAMES), (ConvNetConfig(), FRAMES)],
 )
 def test_mismatched_data_kind_names_the_fix(cfg, spec):
     with pytest.raises(ValueError, match="data=") as err:
@@ -121,6 +131,7 @@ def test_input_kind_covers_every_model():
         "resnet": "image",
         "rnn": "tokens",
         "gpt": "tokens",
+        "prnn": "frames",
     }
 
 
@@ -146,7 +157,10 @@ def test_group_norm_is_valid_for_any_width(width):
     assert model(x).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name,cfg,spec", CASES[:2] + CASES[-2:], ids=IDS[:2] + IDS[-2:])
+SPLIT_CASES = [c for c in CASES if c[0] in ("mlp", "convnet", "rnn", "gpt", "prnn", "prnn-rnn")]
+
+
+@pytest.mark.parametrize("name,cfg,spec", SPLIT_CASES, ids=[c[0] for c in SPLIT_CASES])
 def test_data_parallel_gradient_equivalence(name, cfg, spec):
     # What data parallelism relies on: the mean of the gradients of two half batches equals the
     # gradient of the whole batch. BatchNorm would break this; GroupNorm must not.
@@ -205,3 +219,71 @@ def test_rnn_keeps_a_torch_gru_named_rnn():
 def test_unknown_model_name_is_rejected():
     with pytest.raises(ValueError, match="choose one of"):
         build_model(MLPConfig(name="transformer"), IMAGES)
+
+
+# --------------------------------------------------------------------------- prnn
+def test_prnn_flops_differ_from_the_counter_by_exactly_the_skipped_h0_gradient():
+    # The analytic count includes, per recurrent layer, the input-gradient matmul of the first
+    # step, 2*gates*H*H per sample, which autograd skips because h0 = 0 needs no gradient. Take
+    # it out and the count is exact: everything else it counts is every matmul and conv the
+    # reference path runs, forward and backward.
+    b = 2
+    for cfg in (PRNNConfig(conv_channels=16, hidden=24, layers=2),
+                PRNNConfig(cell="rnn", conv_layers=2, conv_channels=8, kernel=3, hidden=16),
+                PRNNConfig(conv_layers=0, hidden=16, layers=3)):
+        model = build(cfg, FRAMES)
+        x, y = batch(FRAMES, b)
+        with FlopCounterMode(display=False) as counter:
+            loss_of(model, x, y).backward()
+        gates = 3 if cfg.cell == "gru" else 1
+        skipped = cfg.layers * 2 * gates * cfg.hidden**2
+        assert counter.get_total_flops() == b * (model.flops_per_sample() - skipped), cfg
+        # ... and that term is at most 1/(3T) of the recurrent part, as the docstring says.
+        assert skipped <= model.flops_per_sample() / (3 * FRAMES.seq_len)
+
+
+def test_prnn_flops_formula_by_hand():
+    # Defaults on FRAMES (F=12 features, T=16 frames, 7 classes): a conv 12->128 with k=5 that
+    # reads the data (so 2x, not 3x); 3 GRU layers of input 128, hidden 128; a head 128->7.
+    model = build_model(PRNNConfig(), FRAMES)
+    conv = 2 * 5 * 12 * 128
+    projection = 3 * 2 * 128 * 128  # gates * 2*I*H
+    recurrent = 2 * 3 * 128**2  # the kernel benchmarks' 2*gates*H^2*B per step, at B = 1
+    head = 2 * 128 * 7
+    assert model.flops_per_sample() == 16 * (2 * conv + 3 * (3 * (projection + recurrent) + head))
+
+
+@pytest.mark.parametrize("cell, torch_cls", [("gru", nn.GRU), ("rnn", nn.RNN)])
+def test_prnn_recurrent_layers_are_drop_in_torch_modules(cell, torch_cls):
+    cfg = PRNNConfig(cell=cell, nonlinearity="relu", conv_channels=16, hidden=24, layers=2)
+    model = build(cfg, FRAMES)
+    kw = {"nonlinearity": "relu"} if cell == "rnn" else {}
+    twin = torch_cls(16, 24, num_layers=2, **kw)
+    ours = {k.removeprefix("rnn."): v for k, v in model.state_dict().items() if k.startswith("rnn.")}
+    # torch's parameter names, shapes and gate order: torch's module takes our weights as they are.
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in twin.state_dict().items()}
+    twin.load_state_dict(ours)
+    x, _ = batch(FRAMES, 3)
+    h = model.conv(x.transpose(1, 2)).permute(2, 0, 1)
+    want = model.head(twin(h)[0]).transpose(0, 1)
+    torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-6)
+    assert set(model.state_dict()) == {"conv.0.weight", "conv.0.bias", "head.weight", "head.bias",
+                                       *(f"rnn.{k}" for k in twin.state_dict())}
+
+
+def test_prnn_conv_front_end_keeps_every_frame_and_passes_the_path_on():
+    model = build_model(PRNNConfig(conv_layers=2, kernel=7, path="reference"), FRAMES)
+    assert model.rnn.path == "reference" and model.rnn.cell == "gru"
+    x, _ = batch(FRAMES, 2)
+    assert model.conv(x.transpose(1, 2)).shape == (2, 128, FRAMES.seq_len)
+    # Deep Speech 2's clipped ReLU after every conv.
+    clips = [m for m in model.conv if isinstance(m, nn.Hardtanh)]
+    assert len(clips) == 2 and all(c.min_val == 0 and c.max_val == 20 for c in clips)
+    assert build_model(PRNNConfig(cell="rnn", nonlinearity="tanh"), FRAMES).rnn.nonlinearity == "tanh"
+
+
+def test_prnn_on_cpu_runs_the_reference_loop():
+    model = build(PRNNConfig(hidden=16, layers=1), FRAMES)
+    x, _ = batch(FRAMES, 2)
+    model(x)
+    assert model.rnn.last_plan.path == "reference"
