@@ -35,3 +35,12 @@ def run_cli(args: list[str], *, np_: int = 1, cwd: Path | None = None, timeout: 
     if np_ > 1:
         argv = mpirun_argv(np_, program, mpirun=mpirun_path() or "mpirun", slots=os.cpu_count())
     return subprocess.run(argv, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_launch_script(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``launch/<name>`` with this interpreter (benchmark scripts are not console scripts)."""
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "launch" / name
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)

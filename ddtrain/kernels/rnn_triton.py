@@ -124,6 +124,18 @@ def _grid_sync(bar_ptr, err_ptr, target, MAX_SPIN: tl.constexpr):
 
 
 @triton.jit
+def _program_indices(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, H_PAD: tl.constexpr):
+    """This program's hidden units n, all columns k, batch rows b, and the [B, units] tile's mask
+    and offsets within a [B, H] array."""
+    n = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    n_mask = n < H
+    k = tl.arange(0, H_PAD)
+    b = tl.arange(0, BLOCK_B)
+    m2 = (b < B)[:, None] & n_mask[None, :]
+    return n, n_mask, k, k < H, b, m2, b[:, None] * H + n[None, :]
+
+
+@triton.jit
 def _recurrence_fwd(
     xw_ptr, hbuf_ptr, u_ptr, bhh_ptr, gates_ptr, bar_ptr, err_ptr,
     B, H, t0, n_steps,
@@ -134,15 +146,8 @@ def _recurrence_fwd(
     """Steps t0 .. t0+n_steps-1, with hbuf[0] = h0 and hbuf[t+1] = h_t.
     xw [T, B, GATES*H] is the input projection (with b_ih); gates [T, B, 4H] (GRU, if SAVE) keeps
     r, z, n and (h W_hn^T + b_hn) for the backward."""
-    pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    n = pid * BLOCK_H + tl.arange(0, BLOCK_H)
-    n_mask = n < H
-    k = tl.arange(0, H_PAD)
-    k_mask = k < H
-    b = tl.arange(0, BLOCK_B)
-    m2 = (b < B)[:, None] & n_mask[None, :]
-    bn = b[:, None] * H + n[None, :]
+    n, n_mask, k, k_mask, b, m2, bn = _program_indices(B, H, BLOCK_B, BLOCK_H, H_PAD)
     G = GATES * H
     out_ty = hbuf_ptr.dtype.element_ty
     err = tl.load(err_ptr)  # 0: the flag is zeroed per launch; loaded to fix its type
@@ -218,15 +223,8 @@ def _recurrence_bwd(
     added at the start of step t, after the barrier. With FINISH the launch ends with
     dh0 = carry + gh[0] @ U, written to carry.
     """
-    pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    n = pid * BLOCK_H + tl.arange(0, BLOCK_H)
-    n_mask = n < H
-    k = tl.arange(0, H_PAD)
-    k_mask = k < H
-    b = tl.arange(0, BLOCK_B)
-    m2 = (b < B)[:, None] & n_mask[None, :]
-    bn = b[:, None] * H + n[None, :]
+    n, n_mask, k, k_mask, b, m2, bn = _program_indices(B, H, BLOCK_B, BLOCK_H, H_PAD)
     G = GATES * H
     gty = gh_ptr.dtype.element_ty
 
