@@ -150,7 +150,7 @@ class _PersistentBase(nn.Module):
             return Plan("cudnn", reason=f"dtype {dtype} has no kernel: cuDNN")
         return plan_recurrence(
             hidden=self.hidden_size, batch=batch, gates=gates,
-            element_size=torch.empty((), dtype=dtype).element_size(), device=dev,
+            element_size=dtype.itemsize, device=dev,
             want=self.path, triton_ok=rnn_triton is not None, triton_reason=TRITON_REASON, mm=self.mm,
         )
 
