@@ -25,3 +25,14 @@ def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True) -> None
     else:
         time.sleep(_QUIET_RANK_DELAY_S)
     sys.exit(EXIT_BAD_INPUT)
+
+
+EXIT_JOB_ERROR = 1  # a failure every rank detects alike (replica mismatch, divergence, NaN stop)
+EXIT_PEER_FAILED = 3  # another rank died or raised; this one stopped because of it
+
+
+class JobError(RuntimeError):
+    """A failure every rank detects identically, from values all ranks share (a replica
+    mismatch found through a collective, divergence, a non-finite gradient with
+    ``trainer.on_nonfinite=stop``). Every rank raises it with the same one-line message; rank 0
+    prints it and all ranks exit ``EXIT_JOB_ERROR``, so the job stops without a hang."""

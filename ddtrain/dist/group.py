@@ -11,6 +11,7 @@ import datetime as _dt
 import gc
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,6 +25,9 @@ class DistContext:
     env: LaunchEnv
     device: torch.device
     backend: str | None  # None: one process, no process group
+    # The rendezvous TCPStore (None on one process): ranks publish small job-wide values there
+    # (the fault monitor's address), which is cheaper than a collective and needs no device.
+    store: Any = None
 
     @property
     def rank(self) -> int:
@@ -75,7 +79,7 @@ def init_distributed(env: LaunchEnv, *, backend: str, device: str, timeout_s: fl
         timeout=_dt.timedelta(seconds=timeout_s),
         device_id=dev if dev.type == "cuda" else None,
     )
-    return DistContext(env, dev, backend)
+    return DistContext(env, dev, backend, store)
 
 
 def shutdown(ctx: DistContext) -> None:
@@ -120,3 +124,37 @@ def barrier(ctx: DistContext) -> None:
 
 def _coll_device(ctx: DistContext) -> torch.device:
     return ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+
+
+def all_gather_rows(ctx: DistContext, row: torch.Tensor) -> torch.Tensor:
+    """Stack every rank's equally shaped ``row`` into ``[world_size, *row.shape]`` (on the CPU).
+
+    For small host-side summaries (digests, per-parameter checksums, RNG states), not hot-path
+    data: it travels through the collective device and comes back to the host.
+    """
+    if ctx.backend is None:
+        return row.detach().cpu().unsqueeze(0).clone()
+    dev = _coll_device(ctx)
+    local = row.detach().to(dev).contiguous()
+    rows = [torch.empty_like(local) for _ in range(ctx.world_size)]
+    dist.all_gather(rows, local)
+    return torch.stack(rows).cpu()
+
+
+def broadcast_bytes(ctx: DistContext, data: bytes | None) -> bytes:
+    """Rank 0's ``data`` on every rank (others pass None): a file read once, by one rank, so
+    nodes need no shared file system. Two collectives: the length, then the bytes."""
+    if ctx.backend is None:
+        assert data is not None
+        return data
+    dev = _coll_device(ctx)
+    size = torch.tensor([len(data) if ctx.is_main else 0], dtype=torch.int64, device=dev)
+    dist.broadcast(size, src=0)
+    if int(size.item()) == 0:
+        return b""
+    if ctx.is_main:
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev)
+    else:
+        buf = torch.empty(int(size.item()), dtype=torch.uint8, device=dev)
+    dist.broadcast(buf, src=0)
+    return data if ctx.is_main else buf.cpu().numpy().tobytes()
