@@ -1,1 +1,2 @@
-"""Fault tolerance: a dead or failing rank stops the whole job at once, signals stop it cleanly, replicas are checked for agreement."""
+"""Fault tolerance: a dead or failing rank stops the whole job at once, stop signals end it
+cleanly with a checkpoint, and replicas are checked for agreement."""
