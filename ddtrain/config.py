@@ -130,7 +130,8 @@ class CommConfig:
     dtype: str = "fp32"  # fp32 | bf16 | fp16: the dtype gradients travel in
     pack: str = "auto"  # auto | triton | torch: how gradients are copied into the buckets
     backend: str = "auto"  # auto (nccl with CUDA, else gloo) | nccl | gloo
-    timeout_s: float = 300.0
+    timeout_s: float = 300.0  # a collective (and a silent peer) is given up after this long
+    verify_every: int = 1000  # compare a checksum of the parameters across ranks every K steps; 0: never
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,13 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads per rank; 0 = cores / ranks on this node
     save_model: bool = True  # rank 0 writes the final state_dict to <run dir>/model.pt
+    checkpoint: bool = True  # write checkpoints at all (a scaling study's timing runs turn them off)
+    ckpt_every: int = 500  # steps between checkpoints; 0: only at the end and on a stop signal
+    ckpt_every_min: float = 30.0  # also after this many minutes since the last one; 0: off
+    ckpt_keep: int = 3  # the newest K checkpoints are kept
+    ckpt_dir: str | None = None  # None: <run dir>/checkpoints
+    resume: str = "auto"  # auto (newest valid checkpoint in ckpt_dir, if any) | never | PATH
+    on_nonfinite: str = "stop"  # a NaN/inf gradient: stop the job, or skip that step's update
 
 
 @dataclass(frozen=True)
@@ -330,6 +338,7 @@ def validate(cfg: TrainConfig) -> None:
     _choice("comm.pack", c.pack, ["auto", "triton", "torch"])
     _choice("comm.backend", c.backend, ["auto", "nccl", "gloo"])
     _positive("comm.timeout_s", c.timeout_s)
+    _positive("comm.verify_every", c.verify_every, zero_ok=True)
 
     t = cfg.trainer
     _positive("trainer.steps", t.steps)
@@ -338,6 +347,13 @@ def validate(cfg: TrainConfig) -> None:
     _positive("trainer.log_every", t.log_every)
     _choice("trainer.device", t.device, ["auto", "cpu", "cuda"])
     _positive("trainer.threads", t.threads, zero_ok=True)
+    _positive("trainer.ckpt_every", t.ckpt_every, zero_ok=True)
+    _positive("trainer.ckpt_every_min", t.ckpt_every_min, zero_ok=True)
+    _positive("trainer.ckpt_keep", t.ckpt_keep)
+    if not t.resume:
+        raise ConfigError("trainer.resume='' is empty; use auto, never, or the path of a checkpoint "
+                          "file or directory")
+    _choice("trainer.on_nonfinite", t.on_nonfinite, ["stop", "skip"])
 
 
 def to_flat_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -6,14 +6,17 @@ import sys
 import time
 
 EXIT_BAD_INPUT = 2
+EXIT_JOB_ERROR = 1  # a failure every rank detects alike (replica mismatch, divergence, NaN stop)
+EXIT_PEER_FAILED = 3  # another rank died or raised; this one stopped because of it
 # Under mpirun the first rank to exit gets the others killed. For an error every rank hits
 # alike (a bad override), rank 0 reports it and the others hold back this long so that the
 # report is printed before the launcher tears the job down.
 _QUIET_RANK_DELAY_S = 3.0
 
 
-def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True) -> None:
-    """Print ``ddtrain: error: <message>`` and exit 2.
+def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True,
+         exit_code: int = EXIT_BAD_INPUT) -> None:
+    """Print ``ddtrain: error: <message>`` and exit ``exit_code`` (2: bad input).
 
     ``same_on_all_ranks``: the error follows from input every rank shares (the config), so only
     rank 0 says it. Otherwise (a file missing on one node ...) every failing rank says it, tagged.
@@ -24,15 +27,13 @@ def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True) -> None
         print(f"ddtrain: error: {message}", file=sys.stderr, flush=True)
     else:
         time.sleep(_QUIET_RANK_DELAY_S)
-    sys.exit(EXIT_BAD_INPUT)
-
-
-EXIT_JOB_ERROR = 1  # a failure every rank detects alike (replica mismatch, divergence, NaN stop)
-EXIT_PEER_FAILED = 3  # another rank died or raised; this one stopped because of it
+    sys.exit(exit_code)
 
 
 class JobError(RuntimeError):
     """A failure every rank detects identically, from values all ranks share (a replica
     mismatch found through a collective, divergence, a non-finite gradient with
     ``trainer.on_nonfinite=stop``). Every rank raises it with the same one-line message; rank 0
-    prints it and all ranks exit ``EXIT_JOB_ERROR``, so the job stops without a hang."""
+    prints it and all ranks exit ``exit_code``, so the job stops without a hang."""
+
+    exit_code = EXIT_JOB_ERROR

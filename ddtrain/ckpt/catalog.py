@@ -76,7 +76,7 @@ def prune(directory: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the ``keep`` highest-step checkpoints; return the deleted paths, newest first.
 
     It goes by step, not validity: after resuming from an older checkpoint past a bad newer one,
-    call ``remove_newer`` first, or the bad file counts as one of the ``keep``.
+    call ``set_aside_newer`` first, or the bad file counts as one of the ``keep``.
     """
     if keep < 1:
         raise ValueError(f"keep is {keep}; keep at least 1 checkpoint (the one just written)")
@@ -86,13 +86,17 @@ def prune(directory: str | os.PathLike, keep: int) -> list[Path]:
     return removed
 
 
-def remove_newer(directory: str | os.PathLike, step: int) -> list[Path]:
-    """Delete checkpoints with a step above ``step``: after resuming from ``step``, those are the
-    bad files that were skipped, and left in place they would outrank new saves in ``prune``."""
-    removed = [path for s, path in list_checkpoints(directory) if s > step]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
+def set_aside_newer(directory: str | os.PathLike, step: int) -> list[Path]:
+    """Rename checkpoints with a step above ``step`` to ``<name>.skipped``: after resuming from
+    ``step`` those are the bad files that were skipped, and left in place they would outrank new
+    saves in ``prune``. Renamed, not deleted: a file someone wants to inspect is never lost."""
+    moved = []
+    for s, path in list_checkpoints(directory):
+        if s > step:
+            target = path.with_name(path.name + ".skipped")
+            path.replace(target)
+            moved.append(target)
+    return moved
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:

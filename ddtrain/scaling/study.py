@@ -133,7 +133,8 @@ def measure(sc: ScaleConfig, launcher: Launcher, overrides: list[str], mode: str
     forced = [
         f"data.batch_size={batch}", f"trainer.steps={sc.warmup_steps + sc.steps}",
         f"trainer.log_every={max(1, min(10, sc.warmup_steps + sc.steps))}", "trainer.progress=false",
-        "trainer.save_model=false", "tensorboard=false", f"hydra.run.dir={run_dir}",
+        "trainer.save_model=false", "trainer.checkpoint=false", "tensorboard=false",
+        f"hydra.run.dir={run_dir}",
     ]
     if threads:
         forced.append(f"trainer.threads={threads}")

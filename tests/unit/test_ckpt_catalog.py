@@ -14,8 +14,8 @@ from ddtrain.ckpt.catalog import (
     newest_loadable,
     newest_valid,
     prune,
-    remove_newer,
     remove_stale_temps,
+    set_aside_newer,
 )
 from ddtrain.ckpt.file import encode, read_verified, save, temp_path
 
@@ -122,11 +122,13 @@ def test_prune_keeps_the_newest_k_by_step(tmp_path):
         prune(tmp_path, keep=0)
 
 
-def test_remove_newer_clears_the_skipped_files_above_the_resume_point(tmp_path):
+def test_set_aside_newer_moves_the_skipped_files_above_the_resume_point(tmp_path):
     _save_steps(tmp_path, [100, 200, 300])
     _truncate(checkpoint_path(tmp_path, 300))
     step, _, _ = newest_valid(tmp_path, lambda line: None)
-    assert remove_newer(tmp_path, step) == [checkpoint_path(tmp_path, 300)]
+    bad = checkpoint_path(tmp_path, 300)
+    assert set_aside_newer(tmp_path, step) == [bad.with_name(bad.name + ".skipped")]
+    assert not bad.exists() and bad.with_name(bad.name + ".skipped").exists()  # kept for inspection
     # Without that, a later prune(keep=1) would keep the truncated 300 and delete the good 200.
     assert prune(tmp_path, keep=1) == [checkpoint_path(tmp_path, 100)]
     read_verified(checkpoint_path(tmp_path, 200))
