@@ -14,9 +14,8 @@ EXIT_PEER_FAILED = 3  # another rank died or raised; this one stopped because of
 _QUIET_RANK_DELAY_S = 3.0
 
 
-def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True,
-         exit_code: int = EXIT_BAD_INPUT) -> None:
-    """Print ``ddtrain: error: <message>`` and exit ``exit_code`` (2: bad input).
+def report(message: str, rank: int = 0, *, same_on_all_ranks: bool = True) -> None:
+    """Print ``ddtrain: error: <message>`` on stderr.
 
     ``same_on_all_ranks``: the error follows from input every rank shares (the config), so only
     rank 0 says it. Otherwise (a file missing on one node ...) every failing rank says it, tagged.
@@ -27,6 +26,12 @@ def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True,
         print(f"ddtrain: error: {message}", file=sys.stderr, flush=True)
     else:
         time.sleep(_QUIET_RANK_DELAY_S)
+
+
+def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True,
+         exit_code: int = EXIT_BAD_INPUT) -> None:
+    """``report`` the error and exit ``exit_code`` (2: bad input)."""
+    report(message, rank, same_on_all_ranks=same_on_all_ranks)
     sys.exit(exit_code)
 
 

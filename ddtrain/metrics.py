@@ -23,6 +23,8 @@ TAGS = {
     "comm_exposed_s": "time/comm_exposed(s)",
     "data_s": "time/data(s)",
     "optimizer_s": "time/optimizer(s)",
+    "grad_norm": "optim/grad_norm",
+    "skipped_steps": "optim/skipped_steps(count)",
 }
 
 
@@ -48,10 +50,36 @@ class NullWriter:
         pass
 
 
+def rewind_jsonl(path: Path, step: int) -> int:
+    """Keep the records of steps <= ``step`` in ``path``; move later ones (logged after the
+    checkpoint a resumed run restarts from, and about to be logged again) to
+    ``<name>.discarded.jsonl`` beside it, so nothing is lost and the curve has no doubled steps.
+    Returns how many were moved."""
+    if not path.exists():
+        return 0
+    keep, later = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            record_step = json.loads(line).get("step", 0)
+        except ValueError:
+            record_step = step + 1  # a torn last line from a crash: not a record to keep
+        (keep if record_step <= step else later).append(line)
+    if later:
+        with open(path.with_suffix(".discarded.jsonl"), "a") as f:
+            f.writelines(later)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
+    return len(later)
+
+
 class MetricsWriter:
-    def __init__(self, run_dir: Path, hparams: dict[str, Any], tensorboard: bool = True):
+    def __init__(self, run_dir: Path, hparams: dict[str, Any], tensorboard: bool = True,
+                 resume_step: int | None = None):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            rewind_jsonl(self.jsonl_path, resume_step)
         # Line-buffered: a crash loses at most the line being written.
         self._jsonl = open(self.jsonl_path, "a", buffering=1)
         self.tb_dir = run_dir / "tb" if tensorboard else None
@@ -60,7 +88,11 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-            self._tb = SummaryWriter(log_dir=str(self.tb_dir))
+            # purge_step: TensorBoard hides events a previous segment logged past the checkpoint.
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=purge)
+            if resume_step is not None:
+                return  # the first segment wrote the hparams table
             # The hparams plugin reads the metric values from the scalars logged under these
             # tags in the same run, so the config table links to the live curves.
             metrics = {TAGS["loss"]: 0.0, TAGS["samples_per_s"]: 0.0, TAGS["step_time_s"]: 0.0}
@@ -88,7 +120,8 @@ class MetricsWriter:
             self._tb.close()
 
 
-def make_writer(is_main: bool, run_dir: Path | None, hparams: dict[str, Any], tensorboard: bool):
+def make_writer(is_main: bool, run_dir: Path | None, hparams: dict[str, Any], tensorboard: bool,
+                resume_step: int | None = None):
     if is_main and run_dir is not None:
-        return MetricsWriter(run_dir, hparams, tensorboard)
+        return MetricsWriter(run_dir, hparams, tensorboard, resume_step)
     return NullWriter()

@@ -1,10 +1,18 @@
-"""One training job on this rank: detect the launch, check inputs, start the group, train, close."""
+"""One training job on this rank: detect the launch, check inputs, start the group, train, close.
+
+How it ends: 0 after the last step, or after a stop signal once the checkpoint is written;
+2 for bad input (a config, a data file, a checkpoint that cannot be resumed); 1 when this rank
+fails, or all ranks detect the same failure (replica mismatch, divergence, a NaN stop); 3 when
+another rank died or failed (the fault monitor names it). A failing rank tells the others at
+once, so nobody waits for a collective timeout.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -12,8 +20,10 @@ import torch
 from ddtrain.config import TrainConfig
 from ddtrain.data import build_dataset
 from ddtrain.dist.env import LaunchEnv, detect_launch_env
-from ddtrain.dist.group import init_distributed, shutdown
-from ddtrain.errors import fail
+from ddtrain.dist.group import DistContext, init_distributed, shutdown
+from ddtrain.errors import EXIT_JOB_ERROR, JobError, fail, report
+from ddtrain.fault.monitor import exit_on_loss, start_monitor
+from ddtrain.fault.signals import StopRequest
 from ddtrain.models import INPUT_KIND
 from ddtrain.trainer import train
 
@@ -59,16 +69,27 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     ctx = init_distributed(
         env, backend=cfg.comm.backend, device=cfg.trainer.device, timeout_s=cfg.comm.timeout_s
     )
+    monitor = start_monitor(ctx, cfg.comm.timeout_s)
     log.info(
         "run dir %s; %d rank(s) via %s, backend %s, device %s",
         run_dir, ctx.world_size, env.launcher, ctx.backend or "none", ctx.device,
     )
+    stop = StopRequest().install()
     try:
-        result = train(cfg, ctx, run_dir, dataset=dataset)
-        history = result.history
+        result = train(cfg, ctx, run_dir, dataset=dataset, stop=stop)
+        history, stopped_by, checkpoint = result.history, result.stopped_by, result.checkpoint
         del result  # the engine (and its hooks) must go before the group does: see shutdown()
+    except JobError as e:
+        # Every rank raised the same error from the same gathered data: leave, quietly.
+        monitor.close()
+        report(str(e), ctx.rank)
+        _leave(e.exit_code)
+    except BaseException as e:  # noqa: BLE001 - any failure of this rank must stop the others
+        _die(e, ctx, monitor)
     finally:
-        shutdown(ctx)
+        stop.uninstall()
+    shutdown(ctx)
+    monitor.close()
     if ctx.is_main and history:
         last = history[-1]
         log.info(
@@ -78,3 +99,37 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
         log.info("metrics: %s", run_dir / "metrics.jsonl")
         if cfg.tensorboard:
             log.info("TensorBoard: tensorboard --logdir %s", run_dir / "tb")
+    if ctx.is_main and checkpoint is not None:
+        log.info("checkpoint: %s", checkpoint)
+    if stopped_by:
+        log.warning("stopped early by %s; rerun with trainer.resume=auto to continue", stopped_by)
+
+
+def _leave(code: int) -> None:
+    """Exit now. Not sys.exit: the process group and the engine's hooks are still alive on this
+    path, and tearing them down at interpreter exit can abort the process (see shutdown())."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:500]}" if text else type(e).__name__
+
+
+def _die(e: BaseException, ctx: DistContext, monitor) -> None:
+    """This rank's training raised. If a peer's death caused it (the collective failed because
+    the other end is gone), say so; otherwise print the traceback and tell everyone why."""
+    if isinstance(e, SystemExit):
+        raise e
+    # A collective with a dead peer can fail here a moment before the monitor hears of the death.
+    peer = monitor.wait_lost(1.0)
+    if peer is not None:
+        exit_on_loss(ctx.rank)(*peer)
+    reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _one_line(e)
+    monitor.report_failure(f"{reason} (see rank {ctx.rank}'s log for the traceback)")
+    traceback.print_exception(e, file=sys.stderr)
+    report(reason, ctx.rank, same_on_all_ranks=False)
+    _leave(130 if isinstance(e, KeyboardInterrupt) else EXIT_JOB_ERROR)

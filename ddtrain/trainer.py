@@ -6,7 +6,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddtrain.ckpt.manager import Checkpointer, checkpoint_dir
 from ddtrain.comm.engines import build_engine
 from ddtrain.config import TrainConfig, to_flat_dict
 from ddtrain.data import ShardedBatches, build_dataset
 from ddtrain.dist.group import DistContext, all_max_each, all_mean
+from ddtrain.errors import JobError
+from ddtrain.fault.replica import check_replicas, verify_replicas
 from ddtrain.metrics import make_writer
 from ddtrain.models import INPUT_KIND, build_model
 from ddtrain.optim import build_optimizer
@@ -32,6 +37,9 @@ class TrainResult:
     model: nn.Module  # the bare model (not the DDP wrapper)
     engine: Any = None  # the gradient-sync engine that ran (its bucket plan, for inspection)
     history: list[dict[str, Any]] = field(default_factory=list)  # the logged records
+    start_step: int = 0  # > 0: resumed from the checkpoint of that step
+    stopped_by: str | None = None  # the signal that ended the run early (after a checkpoint)
+    checkpoint: Path | None = None  # the last checkpoint this run wrote (rank 0)
 
 
 def autocast(device: torch.device, precision: str):
@@ -46,12 +54,12 @@ def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
 
 
-def _progress(enabled: bool, total: int):
+def _progress(enabled: bool, total: int, start: int = 0):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="train", unit="step", mininterval=1.0, dynamic_ncols=True)
+    return tqdm(total=total, initial=start, desc="train", unit="step", mininterval=1.0, dynamic_ncols=True)
 
 
 @dataclass
@@ -72,12 +80,19 @@ def build_replica(cfg: TrainConfig, ctx: DistContext, spec, on_event=None) -> Re
     return Replica(model, engine, optimizer, scheduler)
 
 
-def train_step(rep: Replica, batches: ShardedBatches, step: int, cfg: TrainConfig, clock: StepClock):
-    """One optimizer step: grad_accum micro-steps, the gradient sync, the update.
+@dataclass
+class StepOutcome:
+    loss: torch.Tensor  # this rank's mean loss (a device tensor: reading it would sync)
+    data_s: float  # host seconds spent gathering batches
+    grad_norm: float  # of the averaged gradient
+    skipped: bool  # non-finite gradient: no update (trainer.on_nonfinite=skip)
+    stop: bool  # some rank received a stop signal: every rank stops after this step
+    save: bool  # rank 0's clock says a time-based checkpoint is due
 
-    Returns this rank's mean loss (a device tensor: reading it would sync) and the host seconds
-    spent gathering batches.
-    """
+
+def train_step(rep: Replica, batches: ShardedBatches, step: int, cfg: TrainConfig, ctx: DistContext,
+               clock: StepClock, *, stop_requested: bool = False, save_due: bool = False) -> StepOutcome:
+    """One optimizer step: grad_accum micro-steps, the gradient sync, the agreement, the update."""
     t, device = cfg.trainer, clock.device
     clock.start_step()
     step_loss = torch.zeros((), device=device)
@@ -98,13 +113,34 @@ def train_step(rep: Replica, batches: ShardedBatches, step: int, cfg: TrainConfi
     clock.mark("compute")
     rep.engine.wait()  # the gradient all-reduces still in flight after backward
     clock.mark("comm_exposed")
-    if cfg.optim.grad_clip > 0:
-        nn.utils.clip_grad_norm_(rep.model.parameters(), cfg.optim.grad_clip)
-    rep.optimizer.step()
+
+    # Every rank must take the same branch below (update or skip, go on or stop, save or not),
+    # so the three flags are agreed in one tiny all-reduce (MAX). Reading the gradient norm is
+    # the step's one deliberate host sync: the update must not run before the verdict.
+    params = [p for p in rep.model.parameters() if p.grad is not None]
+    norm = nn.utils.get_total_norm([p.grad for p in params])
+    grad_norm = float(norm)  # host sync
+    nonfinite, stop, save = (flag > 0 for flag in all_max_each(
+        ctx, [float(not math.isfinite(grad_norm)), float(stop_requested), float(save_due)]))
+    if nonfinite and t.on_nonfinite == "stop":
+        raise JobError(_nonfinite_message(rep.model, step + 1, grad_norm))
+    if not nonfinite:
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grads_with_norm_(params, cfg.optim.grad_clip, norm)
+        rep.optimizer.step()
+    # A skipped step still advances the schedule: the LR stays a function of the step number.
     rep.scheduler.step()
     rep.optimizer.zero_grad(set_to_none=True)
     clock.mark("optimizer")
-    return step_loss, data_s
+    return StepOutcome(step_loss, data_s, grad_norm, nonfinite, stop, save)
+
+
+def _nonfinite_message(model: nn.Module, step: int, grad_norm: float) -> str:
+    first = next((n for n, p in model.named_parameters()
+                  if p.grad is not None and not torch.isfinite(p.grad).all()), "an all-reduced gradient")
+    return (f"non-finite gradient at step {step} (norm {grad_norm}, first in {first}); stopping on every "
+            "rank (trainer.on_nonfinite=stop). Fix: lower optim.lr, set optim.grad_clip, or check the "
+            "data; trainer.on_nonfinite=skip skips such steps instead; resume with trainer.resume=auto")
 
 
 def train(
@@ -114,15 +150,26 @@ def train(
     *,
     dataset=None,
     on_event=None,
+    stop=None,
+    on_step: Callable[[int, Replica], None] | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` on this rank. ``run_dir`` None: write nothing (tests); rank 0 writes otherwise."""
+    """Train ``cfg`` on this rank. ``run_dir`` None: write nothing (tests); rank 0 writes otherwise.
+
+    ``stop``: a ``fault.signals.StopRequest`` (the CLI installs one for SIGTERM/SIGUSR1);
+    ``on_step(step, replica)`` runs after every step (tests use it to inject faults).
+    """
     t = cfg.trainer
     if dataset is None:
         dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
     rep = build_replica(cfg, ctx, dataset.spec, on_event)
+    flat_cfg = to_flat_dict(cfg)
+    check_replicas(ctx, rep.model, flat_cfg)  # same model and config everywhere, or stop now
+    ckpt = Checkpointer(cfg, ctx, checkpoint_dir(cfg, run_dir))
+    start, counters = ckpt.resume(rep)
     batches = ShardedBatches(dataset, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed)
-    writer = make_writer(ctx.is_main, run_dir, to_flat_dict(cfg), cfg.tensorboard)
-    writer.text("config", json.dumps(dataclasses.asdict(cfg), indent=2))  # readable, nested
+    writer = make_writer(ctx.is_main, run_dir, flat_cfg, cfg.tensorboard, resume_step=start or None)
+    if not start:
+        writer.text("config", json.dumps(dataclasses.asdict(cfg), indent=2))  # readable, nested
     clock = StepClock(ctx.device)
 
     flops = rep.model.flops_per_sample()
@@ -135,32 +182,61 @@ def train(
         cfg.data.batch_size, t.grad_accum,
     )
     log.info("%s", rep.engine.describe())
+    if ckpt.directory is not None:
+        log.info("checkpoints: %s (every %d steps%s, newest %d kept)", ckpt.directory, t.ckpt_every,
+                 f" or {t.ckpt_every_min:g} min" if t.ckpt_every_min else "", t.ckpt_keep)
+    if start >= t.steps:
+        log.info("the checkpoint is at step %d = trainer.steps: nothing left to train", start)
 
-    bar = _progress(t.progress and ctx.is_main, t.steps)
-    result = TrainResult(model=rep.model, engine=rep.engine)
+    bar = _progress(t.progress and ctx.is_main, t.steps, start)
+    result = TrainResult(model=rep.model, engine=rep.engine, start_step=start)
     data_s: list[float] = []
-    for step in range(t.steps):
-        step_loss, step_data_s = train_step(rep, batches, step, cfg, clock)
-        data_s.append(step_data_s)
-        done = step + 1
-        if done % t.log_every == 0 or done == t.steps:
-            record = _record(done, step_loss, clock.drain(), data_s, ctx, rep.engine, rep.scheduler)
-            record["samples_per_s"] = samples_per_step / record["step_time_s"]
-            record["achieved_tflops"] = record["samples_per_s"] * flops / 1e12
-            record["epoch"] = batches.epoch(done * t.grad_accum)
-            if tokens_per_sample:
-                record["tokens_per_s"] = record["samples_per_s"] * tokens_per_sample
-            data_s = []
-            result.history.append(record)
-            writer.log(record)
+    try:  # the files are closed on every exit, a failure's included
+        for step in range(start, t.steps):
+            out = train_step(rep, batches, step, cfg, ctx, clock,
+                             stop_requested=stop is not None and stop.requested,
+                             save_due=ctx.is_main and ckpt.time_due())
+            data_s.append(out.data_s)
+            done = step + 1
+            if out.skipped:
+                counters["nonfinite_skipped"] += 1
+                log.warning("step %d: non-finite gradient (norm %s), update skipped "
+                            "(trainer.on_nonfinite=skip); %d skipped so far",
+                            done, out.grad_norm, counters["nonfinite_skipped"])
+            if done % t.log_every == 0 or done == t.steps or out.stop:
+                record = _record(done, out.loss, clock.drain(), data_s, ctx, rep.engine, rep.scheduler)
+                record["samples_per_s"] = samples_per_step / record["step_time_s"]
+                record["achieved_tflops"] = record["samples_per_s"] * flops / 1e12
+                record["epoch"] = batches.epoch(done * t.grad_accum)
+                record["grad_norm"] = out.grad_norm
+                record["skipped_steps"] = counters["nonfinite_skipped"]
+                if tokens_per_sample:
+                    record["tokens_per_s"] = record["samples_per_s"] * tokens_per_sample
+                data_s = []
+                result.history.append(record)
+                writer.log(record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}")
             if bar is not None:
-                bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}")
+                bar.update(1)
+            # Checked before saving, so a diverged state never becomes the newest checkpoint.
+            if cfg.comm.verify_every and done % cfg.comm.verify_every == 0:
+                verify_replicas(ctx, rep.model, done)
+            if out.stop or done == t.steps or ckpt.due(done, out.save):
+                result.checkpoint = ckpt.save(done, rep, counters)
+            if out.stop:
+                mine = stop is not None and stop.requested
+                result.stopped_by = stop.signal_name if mine else "another rank's signal"
+                log.warning("stopped after step %d (%s)%s", done, result.stopped_by,
+                            "; checkpoint written, continue with trainer.resume=auto"
+                            if ckpt.directory is not None else "")
+                break
+            if on_step is not None:
+                on_step(done, rep)
+    finally:
         if bar is not None:
-            bar.update(1)
-
-    if bar is not None:
-        bar.close()
-    writer.close()
+            bar.close()
+        writer.close()
     if t.save_model and ctx.is_main and run_dir is not None:
         torch.save(rep.model.state_dict(), run_dir / "model.pt")
     return result
