@@ -44,3 +44,22 @@ def run_launch_script(name: str, *args: str, cwd: Path, timeout: float = 300) ->
     script = Path(__file__).resolve().parents[1] / "launch" / name
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout)
+
+
+REPO = Path(__file__).resolve().parents[1]
+DDTRAIN_LAUNCH = console_script("ddtrain-launch")
+
+
+def run_launcher(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+                 timeout: float = 300) -> subprocess.CompletedProcess:
+    """``ddtrain-launch args...`` with a clean environment plus ``env``."""
+    return subprocess.run([DDTRAIN_LAUNCH, *args], cwd=cwd, env={**clean_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_shell_script(name: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
+                     timeout: float = 300) -> subprocess.CompletedProcess:
+    """``bash launch/<name> args...`` with a clean environment plus ``env``."""
+    return subprocess.run(["bash", str(REPO / "launch" / name), *args], cwd=cwd,
+                          env={**clean_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
