@@ -144,16 +144,18 @@ def fake_slurm(tmp_path: Path, ntasks: int = 2) -> dict[str, str]:
 
 
 def test_sbatch_script_trains_under_srun_in_the_job_directory(tmp_path):
-    env = fake_slurm(tmp_path)
+    # SRUN_ARGS as pyxis would take them; the fake srun skips options, as srun consumes them.
+    env = {**fake_slurm(tmp_path), "SRUN_ARGS": "--container-image=reg#ddtrain:cuda --container-workdir=/w"}
     proc = run_shell_script("slurm.sbatch", *TINY, cwd=tmp_path, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     run_dir = tmp_path / "outputs" / "slurm-4242"  # tied to the job id: a requeue finds it again
     assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3]
     assert "2 rank(s) via slurm" in (run_dir / "train.log").read_text()
     srun_args = (tmp_path / "srun.args").read_text().splitlines()
-    assert srun_args[:5] == ["--kill-on-bad-exit=1", "--mpi=none", "ddtrain",
-                             "hydra.run.dir=outputs/slurm-4242", "trainer.resume=auto"]
-    assert srun_args[5:] == TINY  # the caller's overrides last, so they win
+    assert srun_args[:7] == ["--kill-on-bad-exit=1", "--mpi=none", "--container-image=reg#ddtrain:cuda",
+                             "--container-workdir=/w", "ddtrain", "hydra.run.dir=outputs/slurm-4242",
+                             "trainer.resume=auto"]
+    assert srun_args[7:] == TINY  # the caller's overrides last, so they win
     # Store on the first node of the allocation; no requeue when the run simply finishes.
     assert (tmp_path / "calls").read_text().splitlines() == ["scontrol show hostnames localhost"]
 
