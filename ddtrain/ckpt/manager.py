@@ -41,19 +41,21 @@ class Checkpointer:
         self._last_save = time.monotonic()
 
     # ------------------------------------------------------------------ resume
-    def resume(self, rep) -> int:
-        """Load the checkpoint ``trainer.resume`` names into ``rep``; the step to start from.
+    def resume(self, rep) -> tuple[int, dict[str, int]]:
+        """Load the checkpoint ``trainer.resume`` names into ``rep``: the step to start from and
+        the run's counters (fresh: 0 and zeros).
 
         A collective: every rank calls it and gets the same answer (or the same ResumeRefused).
         """
+        fresh = 0, {"nonfinite_skipped": 0}
         mode = self.cfg.trainer.resume
         if self.directory is None and mode in ("never", "auto"):
-            return 0
+            return fresh
         packet = self._pick(mode) if self.ctx.is_main else None
         packet = broadcast_bytes(self.ctx, packet)
         kind, body = packet[:1], packet[1:]
         if kind == _FRESH:
-            return 0
+            return fresh
         if kind == _REFUSED:
             raise ResumeRefused(body.decode())
         source, _, data = body.partition(b"\n")
@@ -63,11 +65,12 @@ class Checkpointer:
         except CheckpointError as e:  # cannot happen for bytes rank 0 decoded; kept for safety
             raise ResumeRefused(str(e)) from None
         for warning in check_resume(state, self.cfg, self.ctx.world_size, source):
-            log.warning("%s", warning)
+            if self.ctx.is_main:  # every rank reaches the same verdict; one says it
+                log.warning("%s", warning)
         step = restore(state, rep, self.ctx, self.cfg, source)
         log.info("resumed from %s: step %d of %d (%d samples seen)", source, step,
                  self.cfg.trainer.steps, state["samples_seen"])
-        return step
+        return step, {**fresh[1], **state.get("counters", {})}
 
     def _pick(self, mode: str) -> bytes:
         """Rank 0: the packet to broadcast: fresh, a checkpoint's bytes, or a refusal."""
