@@ -38,10 +38,41 @@ def loopback_interface() -> str:
     return "lo"
 
 
-def host_address(env: LaunchEnv) -> str:
+def host_address(env: LaunchEnv, resolve=socket.getaddrinfo, route_probe=None) -> str:
+    """An address of this host that other nodes can reach (rank 0 serves the store there).
+
+    The hostname's own address comes first, but Debian and Ubuntu map the hostname to 127.0.1.1
+    in /etc/hosts, which no other node can reach; so loopback answers are passed over for the
+    address of the interface the default route leaves by. ``resolve``/``route_probe`` are
+    injectable for tests.
+    """
     if env.single_host:
         return "127.0.0.1"
-    return socket.gethostbyname(socket.gethostname())
+    try:
+        found = [info[4][0] for info in resolve(socket.gethostname(), None, socket.AF_INET)]
+    except OSError:
+        found = []
+    for addr in found:
+        if not addr.startswith("127."):
+            return addr
+    addr = (route_probe or _default_route_address)()
+    if addr and not addr.startswith("127."):
+        return addr
+    raise RendezvousError(
+        f"this host's name resolves only to loopback ({', '.join(found) or 'nothing'}) and no routed "
+        "interface was found, so other nodes cannot reach rank 0; fix /etc/hosts, or export "
+        "MASTER_ADDR (an address of rank 0's node) and MASTER_PORT on every rank")
+
+
+def _default_route_address() -> str | None:
+    """The source address the kernel would use towards a routable address. A UDP connect only
+    picks the route: no packet is sent, so this works without any network access."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 9))
+            return s.getsockname()[0]
+        except OSError:
+            return None
 
 
 def job_run_name(env: LaunchEnv) -> str:

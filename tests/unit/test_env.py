@@ -382,3 +382,31 @@ def test_torchrun_agent_store_is_noticed():
     assert detect_launch_env(TORCHRUN_RANK5).agent_store
     without = {k: v for k, v in TORCHRUN_RANK5.items() if k != "TORCHELASTIC_USE_AGENT_STORE"}
     assert not detect_launch_env(without).agent_store
+
+
+# ----------------------------------------------------------------- the address rank 0 serves at
+def _resolver(*addrs):
+    return lambda host, port, family: [(family, 1, 6, "", (a, 0)) for a in addrs]
+
+
+def test_host_address_prefers_a_routable_address_of_the_hostname():
+    from ddtrain.dist.rendezvous import host_address
+
+    multi = LaunchEnv(world_size=4, local_world_size=2)
+    assert host_address(multi, _resolver("127.0.1.1", "10.1.2.3"), lambda: "10.9.9.9") == "10.1.2.3"
+
+
+def test_host_address_passes_over_debian_s_127_0_1_1_for_the_routed_interface():
+    from ddtrain.dist.rendezvous import host_address
+
+    multi = LaunchEnv(world_size=4, local_world_size=2)
+    assert host_address(multi, _resolver("127.0.1.1"), lambda: "192.168.7.20") == "192.168.7.20"
+
+
+def test_host_address_without_any_reachable_address_says_how_to_fix_it():
+    from ddtrain.dist.rendezvous import RendezvousError, host_address
+
+    multi = LaunchEnv(world_size=4, local_world_size=2)
+    with pytest.raises(RendezvousError, match=r"only to loopback \(127.0.1.1\).*export MASTER_ADDR"):
+        host_address(multi, _resolver("127.0.1.1"), lambda: None)
+    assert host_address(LaunchEnv(world_size=2, local_world_size=2)) == "127.0.0.1"
