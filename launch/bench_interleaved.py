@@ -54,12 +54,15 @@ def main() -> None:
 
     from ddtrain.data import ShardedBatches, build_dataset
     from ddtrain.dist.env import detect_launch_env
-    from ddtrain.dist.group import all_max, barrier, init_distributed, shutdown
+    from ddtrain.dist.group import all_max_each, barrier, init_distributed, shutdown
     from ddtrain.models import INPUT_KIND
     from ddtrain.perf.clock import StepClock
     from ddtrain.run import cpu_threads
     from ddtrain.trainer import build_replica, train_step
 
+    if args.steps <= args.warmup:
+        sys.exit(f"bench_interleaved: --steps {args.steps} must exceed --warmup {args.warmup} "
+                 "(the warm-up steps are not timed)")
     cfg = load_config(args.overrides + [f"trainer.steps={args.steps}"])
     env = detect_launch_env(os.environ)
     torch.set_num_threads(cpu_threads(cfg.trainer.threads, env.local_world_size))
@@ -88,9 +91,9 @@ def main() -> None:
             barrier(ctx)
             sync()
             t0 = time.perf_counter()
-            train_step(reps[engine], batches, step, cfg, clocks[engine])
+            train_step(reps[engine], batches, step, cfg, ctx, clocks[engine])
             sync()
-            times[engine].append(all_max(ctx, time.perf_counter() - t0))
+            times[engine].append(all_max_each(ctx, [time.perf_counter() - t0])[0])
             phases[engine] += clocks[engine].drain()
     shutdown(ctx)
     if not ctx.is_main:
