@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ddtrain.ckpt.file import CheckpointError, load, read_verified
 
@@ -44,6 +45,15 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+def _newest(directory, warn: Callable[[str], None], read: Callable[[Path], Any]):
+    for step, path in list_checkpoints(directory):
+        try:
+            return step, path, read(path)
+        except CheckpointError as e:
+            warn(f"skipping {path}: {e.reason}")
+    return None
+
+
 def newest_valid(
     directory: str | os.PathLike, warn: Callable[[str], None]
 ) -> tuple[int, Path, bytes] | None:
@@ -52,24 +62,14 @@ def newest_valid(
     Nothing is unpickled: a file with a correct checksum and a hostile payload passes here and is
     refused by ``decode``. Each skipped file gets one ``warn`` line.
     """
-    for step, path in list_checkpoints(directory):
-        try:
-            return step, path, read_verified(path)
-        except CheckpointError as e:
-            warn(f"skipping {path}: {e.reason}")
-    return None
+    return _newest(directory, warn, read_verified)
 
 
 def newest_loadable(
     directory: str | os.PathLike, warn: Callable[[str], None]
 ) -> tuple[int, Path, dict] | None:
     """(step, path, state) of the newest checkpoint that also passes the weights-only unpickler."""
-    for step, path in list_checkpoints(directory):
-        try:
-            return step, path, load(path)
-        except CheckpointError as e:
-            warn(f"skipping {path}: {e.reason}")
-    return None
+    return _newest(directory, warn, load)
 
 
 def prune(directory: str | os.PathLike, keep: int) -> list[Path]:

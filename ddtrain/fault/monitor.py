@@ -195,22 +195,11 @@ class PeerMonitor:
         while not self._closing.is_set() and self.lost is None:
             for key, _ in sel.select(timeout=min(0.2, self.ping_s)):
                 conn: _Conn = key.data
-                lines = conn.read_lines()
-                if lines is None:
+                if not self._hear(conn):
                     sel.unregister(conn.sock)
-                    if not conn.said_bye and not self._closing.is_set():
-                        self._declare(conn.rank, DIED)
-                    continue
-                for line in lines:
-                    kind, rank, reason = _parse(line)
-                    if kind == "bye":
-                        conn.said_bye = True
-                    elif kind == "fail":
-                        self._declare(rank, reason)
             now = time.monotonic()
             for conn in self._peers.values():
-                if not conn.said_bye and now - conn.heard > self.timeout_s and self.lost is None:
-                    self._declare(conn.rank, silent_for(self.timeout_s))
+                self._check_silence(conn, now)
             if now - last_ping >= self.ping_s:
                 last_ping = now
                 for conn in self._peers.values():
@@ -222,23 +211,33 @@ class PeerMonitor:
         conn = self._peers[0]
         last_ping = 0.0
         while not self._closing.is_set() and self.lost is None:
-            lines = conn.read_lines()
-            if lines is None:
-                if not conn.said_bye and not self._closing.is_set():
-                    self._declare(0, DIED)
+            if not self._hear(conn):
                 return
-            for line in lines:
-                kind, rank, reason = _parse(line)
-                if kind == "bye":
-                    conn.said_bye = True
-                elif kind == "lost":
-                    self._declare(rank, reason)
             now = time.monotonic()
-            if not conn.said_bye and now - conn.heard > self.timeout_s:
-                self._declare(0, silent_for(self.timeout_s))
+            self._check_silence(conn, now)
             if now - last_ping >= self.ping_s:
                 last_ping = now
                 conn.send("ping", self.rank)
+
+    def _hear(self, conn: _Conn) -> bool:
+        """Read what ``conn`` sent and act on it: a goodbye, or news of a failure (``fail`` to
+        rank 0, ``lost`` from it). False once the connection has ended."""
+        lines = conn.read_lines()
+        if lines is None:
+            if not conn.said_bye and not self._closing.is_set():
+                self._declare(conn.rank, DIED)
+            return False
+        for line in lines:
+            kind, rank, reason = _parse(line)
+            if kind == "bye":
+                conn.said_bye = True
+            elif kind in ("fail", "lost"):
+                self._declare(rank, reason)
+        return True
+
+    def _check_silence(self, conn: _Conn, now: float) -> None:
+        if not conn.said_bye and now - conn.heard > self.timeout_s:
+            self._declare(conn.rank, silent_for(self.timeout_s))
 
     def _declare(self, rank: int, reason: str) -> None:
         if self.lost is not None:

@@ -187,5 +187,5 @@ def test_a_replica_mismatch_at_start_stops_every_rank_with_one_message():
     other = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=0.5))
     out = run_ranks(2, train_or_error, [cfg, other])
     assert out[0]["error"] == out[1]["error"]
-    assert out[0]["error"].startswith(
-        "replica mismatch at start-up, rank 1 vs rank 0: config key optim.lr is 0.05 on rank 0 but 0.5 on rank 1")
+    assert out[0]["error"].startswith("replica mismatch at start-up, rank 1 vs rank 0: config key optim.lr "
+                                      "is 0.05 on rank 0 but 0.5 on rank 1")
