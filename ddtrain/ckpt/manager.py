@@ -119,8 +119,8 @@ class Checkpointer:
         found = catalog.newest_loadable(directory, log.warning)
         if found is None:
             if required:
-                raise CheckpointError(f"trainer.resume={directory}: no valid checkpoint in it; "
-                                      "give another directory, or trainer.resume=never")
+                raise CheckpointError(str(directory), "trainer.resume names this directory, but it holds "
+                                      "no valid checkpoint; name another one, or trainer.resume=never")
             return None
         step, path, _ = found
         if directory == self.directory:
