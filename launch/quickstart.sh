@@ -18,5 +18,5 @@ run_dir="outputs/quickstart-$(date +%Y-%m-%d_%H-%M-%S)"
 .venv/bin/mpirun -np 2 .venv/bin/ddtrain +experiment=quickstart "hydra.run.dir=$run_dir" "$@"
 
 echo
-echo "Run directory: $run_dir  (metrics.jsonl, train.log, model.pt, .hydra/)"
+echo "Run directory: $run_dir  (metrics.jsonl, train.log, model.pt, checkpoints/, .hydra/)"
 echo "TensorBoard:   .venv/bin/tensorboard --logdir $run_dir/tb   then open http://localhost:6006"
