@@ -63,3 +63,14 @@ def run_shell_script(name: str, *args: str, cwd: Path, env: dict[str, str] | Non
     return subprocess.run(["bash", str(REPO / "launch" / name), *args], cwd=cwd,
                           env={**clean_env(), **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def load_launch_module(name: str):
+    """Import ``launch/<name>.py`` (benchmarks are scripts, not package modules) to reuse its
+    helpers in tests."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", REPO / "launch" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

