@@ -367,7 +367,9 @@ def to_flat_dict(cfg: TrainConfig) -> dict[str, Any]:
             if dataclasses.is_dataclass(v):
                 walk(v, key + ".")
             else:
-                out[key] = ",".join(v) if isinstance(v, tuple) else v
+                # Scalars only (TensorBoard's hparams table takes nothing else): a list is
+                # joined, an unset value is "null", as it is spelled in an override.
+                out[key] = ",".join(v) if isinstance(v, tuple) else "null" if v is None else v
 
     walk(cfg, "")
     return out

@@ -17,7 +17,8 @@ def record(step: int, **overrides) -> dict:
     base = {
         "step": step, "loss": 2.5 / step, "lr": 1e-3, "step_time_s": 0.125, "compute_s": 0.1,
         "data_s": 0.005, "comm_exposed_s": 0.01, "optimizer_s": 0.01, "samples_per_s": 256.0,
-        "achieved_tflops": 0.002, "tokens_per_s": 16384.0, "world_size": 2,
+        "achieved_tflops": 0.002, "tokens_per_s": 16384.0, "world_size": 2, "grad_norm": 1.5,
+        "skipped_steps": 0,
     }
     return {**base, **overrides}
 
@@ -110,3 +111,25 @@ def test_main_rank_gets_a_real_writer(tmp_path):
     assert isinstance(writer, MetricsWriter)
     writer.close()
     assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_resumed_writer_moves_records_past_the_checkpoint_aside(tmp_path):
+    """A crash after step 30 with the last checkpoint at 20: the resumed run logs 21.. again, so
+    the records past 20 move to metrics.discarded.jsonl (kept, not lost) and TensorBoard purges
+    them; a torn last line from the crash goes with them."""
+    first = MetricsWriter(tmp_path, HPARAMS, tensorboard=True)
+    for step in (10, 20, 30):
+        first.log(record(step))
+    first.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4')  # torn by the crash
+    resumed = MetricsWriter(tmp_path, HPARAMS, tensorboard=True, resume_step=20)
+    resumed.log(record(30, loss=9.0))
+    resumed.close()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30]
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["loss"] == 9.0
+    discarded = (tmp_path / "metrics.discarded.jsonl").read_text().splitlines()
+    assert [line[:11] for line in discarded] == ['{"step": 30', '{"step": 4']
+    assert [(e.step, e.value) for e in scalars(tmp_path / "tb").Scalars("loss/train")] == [
+        (10, pytest.approx(0.25)), (20, pytest.approx(0.125)), (30, pytest.approx(9.0))]
