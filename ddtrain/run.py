@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -130,6 +129,6 @@ def _die(e: BaseException, ctx: DistContext, monitor) -> None:
         exit_on_loss(ctx.rank)(*peer)
     reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _one_line(e)
     monitor.report_failure(f"{reason} (see rank {ctx.rank}'s log for the traceback)")
-    traceback.print_exception(e, file=sys.stderr)
+    log.error("this rank failed:", exc_info=e)  # stderr, and train.log on rank 0
     report(reason, ctx.rank, same_on_all_ranks=False)
     _leave(130 if isinstance(e, KeyboardInterrupt) else EXIT_JOB_ERROR)
