@@ -68,7 +68,11 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     ctx = init_distributed(
         env, backend=cfg.comm.backend, device=cfg.trainer.device, timeout_s=cfg.comm.timeout_s
     )
-    monitor = start_monitor(ctx, cfg.comm.timeout_s)
+    try:
+        monitor = start_monitor(ctx, cfg.comm.timeout_s)
+    except (OSError, RuntimeError) as e:  # a rank that never connected, an unreachable rank 0
+        report(_one_line(e), ctx.rank, same_on_all_ranks=False)
+        _leave(EXIT_JOB_ERROR)
     log.info(
         "run dir %s; %d rank(s) via %s, backend %s, device %s",
         run_dir, ctx.world_size, env.launcher, ctx.backend or "none", ctx.device,

@@ -189,3 +189,15 @@ def test_a_replica_mismatch_at_start_stops_every_rank_with_one_message():
     assert out[0]["error"] == out[1]["error"]
     assert out[0]["error"].startswith("replica mismatch at start-up, rank 1 vs rank 0: config key optim.lr "
                                       "is 0.05 on rank 0 but 0.5 on rank 1")
+
+
+def test_a_time_based_checkpoint_is_taken_after_the_same_step_on_every_rank(tmp_path):
+    """ckpt_every=0 and a 60 us interval: rank 0's clock asks for a save after every step, through
+    the step's agreement, so every step is checkpointed (a collective: a rank that saved alone
+    would hang the gather)."""
+    cfg = tiny("mlp", batch=8, steps=4)
+    t = dataclasses.replace(cfg.trainer, checkpoint=True, ckpt_dir=str(tmp_path), ckpt_every=0,
+                            ckpt_every_min=1e-6, ckpt_keep=10)
+    out = run_ranks(2, train_or_error, dataclasses.replace(cfg, trainer=t))
+    assert "error" not in out[0] and "error" not in out[1]
+    assert [s for s, _ in catalog.list_checkpoints(tmp_path)] == [4, 3, 2, 1]
