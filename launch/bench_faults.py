@@ -73,6 +73,12 @@ def wait_for_step(run_dir: Path, step: int, job: subprocess.Popen, timeout_s: fl
     raise RuntimeError(f"step {step} not reached in {timeout_s} s")
 
 
+def torchrun_vars(rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun would give rank ``rank`` of ``world`` on this one host."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     from ddtrain.launcher.mpirun import child_env, running_as_root
 
@@ -113,9 +119,7 @@ def kill_plain(n: int, args: list[str], run_dir: Path, timeout_s: float) -> floa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     jobs = [_start([console_script("ddtrain"), *args, f"hydra.run.dir={run_dir}"],
-                   _env({"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(n),
-                         "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}))
-            for r in range(n)]
+                   _env(torchrun_vars(r, n, port))) for r in range(n)]
     try:
         wait_for_step(run_dir, 5, jobs[0])
         t0 = time.monotonic()

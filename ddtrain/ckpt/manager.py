@@ -90,9 +90,7 @@ class Checkpointer:
                 else:
                     return _REFUSED + (f"trainer.resume={mode}: no such file or directory; give a "
                                        "checkpoint file or directory, or auto / never").encode()
-        except CheckpointError as e:
-            return _REFUSED + str(e).encode()
-        except ResumeRefused as e:
+        except (CheckpointError, ResumeRefused) as e:
             return _REFUSED + str(e).encode()
         if found is None:
             log.info("no checkpoint in %s: starting at step 0", self.directory)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ddtrain.errors import EXIT_BAD_INPUT
 from ddtrain.launcher.cores import machine_slots
 from ddtrain.launcher.flavour import FLAVOURS, LaunchError, build_command, detect_flavour
 from ddtrain.launcher.mpirun import (
@@ -34,7 +35,6 @@ from ddtrain.launcher.mpirun import (
 )
 
 PROG = "ddtrain-launch"
-EXIT_BAD_INPUT = 2
 _VERSION_TIMEOUT_S = 60
 
 

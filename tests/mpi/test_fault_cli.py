@@ -98,9 +98,7 @@ def test_without_mpirun_every_other_rank_exits_3_within_the_timeout(tmp_path):
 
 def plain_ranks(world: int, args: list[str]) -> list[subprocess.Popen]:
     port = free_port()
-    return [start([DDTRAIN, *args], {**clean_env(), "RANK": str(r), "LOCAL_RANK": str(r),
-                                     "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
-                                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    return [start([DDTRAIN, *args], {**clean_env(), **_bench.torchrun_vars(r, world, port)})
             for r in range(world)]
 
 
