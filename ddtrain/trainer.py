@@ -21,10 +21,11 @@ from ddtrain.ckpt.manager import Checkpointer, checkpoint_dir
 from ddtrain.comm.engines import build_engine
 from ddtrain.config import TrainConfig, to_flat_dict
 from ddtrain.data import ShardedBatches, build_dataset
-from ddtrain.dist.group import DistContext, all_max_each, all_mean
+from ddtrain.dist.group import DistContext, all_max_each
 from ddtrain.errors import JobError
 from ddtrain.fault.replica import check_replicas, verify_replicas
-from ddtrain.metrics import make_writer
+from ddtrain.metrics import MetricsProcessor, make_writer
+from ddtrain.metrics.processor import StepView, Workload
 from ddtrain.models import INPUT_KIND, build_model
 from ddtrain.optim import build_optimizer
 from ddtrain.perf.clock import StepClock
@@ -167,58 +168,24 @@ def train(
     ckpt = Checkpointer(cfg, ctx, checkpoint_dir(cfg, run_dir))
     start, counters = ckpt.resume(rep)
     batches = ShardedBatches(dataset, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed)
-    writer = make_writer(ctx.is_main, run_dir, flat_cfg, cfg.tensorboard, resume_step=start or None)
-    if not start:
-        writer.text("config", json.dumps(dataclasses.asdict(cfg), indent=2))  # readable, nested
     clock = StepClock(ctx.device)
+    metrics = _metrics(cfg, ctx, rep, batches, clock, run_dir, flat_cfg, start)
+    _log_start(cfg, ctx, rep, ckpt, start, metrics.workload)
 
-    flops = rep.model.flops_per_sample()
-    samples_per_step = ctx.world_size * cfg.data.batch_size * t.grad_accum
-    tokens_per_sample = dataset.spec.seq_len if dataset.spec.kind == "tokens" else 0
-    n_params = sum(p.numel() for p in rep.model.parameters())
-    log.info(
-        "model=%s (%.2fM params, %.3g GFLOP/sample fwd+bwd), data=%s, %d ranks x batch %d x accum %d",
-        cfg.model.name, n_params / 1e6, flops / 1e9, cfg.data.name, ctx.world_size,
-        cfg.data.batch_size, t.grad_accum,
-    )
-    log.info("%s", rep.engine.describe())
-    if ckpt.directory is not None:
-        log.info("checkpoints: %s (every %d steps%s, newest %d kept)", ckpt.directory, t.ckpt_every,
-                 f" or {t.ckpt_every_min:g} min" if t.ckpt_every_min else "", t.ckpt_keep)
-    if start >= t.steps:
-        log.info("the checkpoint is at step %d = trainer.steps: nothing left to train", start)
-
-    bar = _progress(t.progress and ctx.is_main, t.steps, start)
-    result = TrainResult(model=rep.model, engine=rep.engine, start_step=start)
-    data_s: list[float] = []
+    result = TrainResult(model=rep.model, engine=rep.engine, start_step=start, history=metrics.history)
     try:  # the files are closed on every exit, a failure's included
         for step in range(start, t.steps):
             out = train_step(rep, batches, step, cfg, ctx, clock,
                              stop_requested=stop is not None and stop.requested,
                              save_due=ctx.is_main and ckpt.time_due())
-            data_s.append(out.data_s)
             done = step + 1
             if out.skipped:
                 counters["nonfinite_skipped"] += 1
                 log.warning("step %d: non-finite gradient (norm %s), update skipped "
                             "(trainer.on_nonfinite=skip); %d skipped so far",
                             done, out.grad_norm, counters["nonfinite_skipped"])
-            if done % t.log_every == 0 or done == t.steps or out.stop:
-                record = _record(done, out.loss, clock.drain(), data_s, ctx, rep.engine, rep.scheduler)
-                record["samples_per_s"] = samples_per_step / record["step_time_s"]
-                record["achieved_tflops"] = record["samples_per_s"] * flops / 1e12
-                record["epoch"] = batches.epoch(done * t.grad_accum)
-                record["grad_norm"] = out.grad_norm
-                record["skipped_steps"] = counters["nonfinite_skipped"]
-                if tokens_per_sample:
-                    record["tokens_per_s"] = record["samples_per_s"] * tokens_per_sample
-                data_s = []
-                result.history.append(record)
-                writer.log(record)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.0f}")
-            if bar is not None:
-                bar.update(1)
+            metrics.step(StepView(done, out.loss, out.data_s, out.grad_norm,
+                                  counters["nonfinite_skipped"], force=out.stop))
             # Checked before saving, so a diverged state never becomes the newest checkpoint.
             if cfg.comm.verify_every and done % cfg.comm.verify_every == 0:
                 verify_replicas(ctx, rep.model, done)
@@ -234,45 +201,44 @@ def train(
             if on_step is not None:
                 on_step(done, rep)
     finally:
-        if bar is not None:
-            bar.close()
-        writer.close()
+        metrics.close()
     if t.save_model and ctx.is_main and run_dir is not None:
         torch.save(rep.model.state_dict(), run_dir / "model.pt")
     return result
 
 
-def _record(step, step_loss, steps, data_s, ctx, engine, scheduler) -> dict[str, Any]:
-    """One log line for the steps since the last one. Collectives here run on logging steps
-    only, never per step.
+def _metrics(cfg: TrainConfig, ctx: DistContext, rep: Replica, batches: ShardedBatches, clock: StepClock,
+             run_dir: Path | None, flat_cfg: dict[str, Any], start: int) -> MetricsProcessor:
+    """The run's records: rank 0 writes them (metrics.jsonl, TensorBoard); other ranks compute
+    the same collectives and write nothing."""
+    t, spec = cfg.trainer, batches.dataset.spec
+    writer = make_writer(ctx.is_main, run_dir, flat_cfg, cfg.tensorboard, resume_step=start or None)
+    if not start:
+        writer.text("config", json.dumps(dataclasses.asdict(cfg), indent=2))  # readable, nested
+    workload = Workload(samples_per_step=ctx.world_size * cfg.data.batch_size * t.grad_accum,
+                        flops_per_sample=rep.model.flops_per_sample(),
+                        tokens_per_sample=spec.seq_len if spec.kind == "tokens" else 0)
+    return MetricsProcessor(
+        ctx, writer, clock, workload, log_every=t.log_every, last_step=t.steps,
+        measures_exposed_comm=rep.engine.measures_exposed_comm,
+        lr=lambda: rep.scheduler.get_last_lr()[0],
+        epoch=lambda done: batches.epoch(done * t.grad_accum),
+        progress=_progress(t.progress and ctx.is_main, t.steps, start),
+    )
 
-    ``per_step`` keeps every step's timing so a study can drop warm-up steps and take medians
-    and p90s: the step time is the max over ranks (a data-parallel step is as slow as its
-    slowest rank); the phase split is this rank's (rank 0 writes the file).
-    """
-    loss = float(all_mean(ctx, step_loss).item())  # mean over all ranks' samples of this step
-    step_times = all_max_each(ctx, [s["total"] for s in steps])
-    per_step = {
-        "step_time_s": step_times,
-        "compute_s": [s["compute"] - d for s, d in zip(steps, data_s, strict=True)],
-        "data_s": list(data_s),
-        "comm_exposed_s": [s["comm_exposed"] for s in steps] if engine.measures_exposed_comm else None,
-        "optimizer_s": [s["optimizer"] for s in steps],
-    }
 
-    def mean(key):
-        values = per_step[key]
-        return None if values is None else sum(values) / len(values)
-
-    return {
-        "step": step,
-        "loss": loss,
-        "lr": scheduler.get_last_lr()[0],
-        "step_time_s": mean("step_time_s"),
-        "compute_s": mean("compute_s"),
-        "data_s": mean("data_s"),
-        "comm_exposed_s": mean("comm_exposed_s"),
-        "optimizer_s": mean("optimizer_s"),
-        "world_size": ctx.world_size,
-        "per_step": per_step,
-    }
+def _log_start(cfg: TrainConfig, ctx: DistContext, rep: Replica, ckpt: Checkpointer, start: int,
+               workload: Workload) -> None:
+    t = cfg.trainer
+    n_params = sum(p.numel() for p in rep.model.parameters())
+    log.info(
+        "model=%s (%.2fM params, %.3g GFLOP/sample fwd+bwd), data=%s, %d ranks x batch %d x accum %d",
+        cfg.model.name, n_params / 1e6, workload.flops_per_sample / 1e9, cfg.data.name, ctx.world_size,
+        cfg.data.batch_size, t.grad_accum,
+    )
+    log.info("%s", rep.engine.describe())
+    if ckpt.directory is not None:
+        log.info("checkpoints: %s (every %d steps%s, newest %d kept)", ckpt.directory, t.ckpt_every,
+                 f" or {t.ckpt_every_min:g} min" if t.ckpt_every_min else "", t.ckpt_keep)
+    if start >= t.steps:
+        log.info("the checkpoint is at step %d = trainer.steps: nothing left to train", start)

@@ -1,0 +1,100 @@
+"""The metrics arithmetic: rates, phase split, logging cadence, all from one call per step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddtrain.dist.env import detect_launch_env
+from ddtrain.dist.group import DistContext
+from ddtrain.metrics import MetricsProcessor
+from ddtrain.metrics.processor import StepView, Workload, per_step_timings
+
+
+class FakeClock:
+    """Hands out fixed phase durations for however many steps were taken since the last drain."""
+
+    def __init__(self, durations: dict[str, float]):
+        self.durations, self.pending = durations, 0
+
+    def tick(self):
+        self.pending += 1
+
+    def drain(self):
+        out = [dict(self.durations, total=sum(self.durations.values())) for _ in range(self.pending)]
+        self.pending = 0
+        return out
+
+
+class ListWriter:
+    def __init__(self):
+        self.records, self.closed = [], False
+
+    def log(self, record):
+        self.records.append(record)
+
+    def close(self):
+        self.closed = True
+
+
+def processor(workload, *, log_every=3, last_step=7, exposed=True):
+    ctx = DistContext(detect_launch_env({}), torch.device("cpu"), None)
+    clock = FakeClock({"compute": 0.30, "comm_exposed": 0.05, "optimizer": 0.15})
+    writer = ListWriter()
+    proc = MetricsProcessor(ctx, writer, clock, workload, log_every=log_every, last_step=last_step,
+                            measures_exposed_comm=exposed, lr=lambda: 0.5, epoch=lambda done: done / 10)
+    return proc, clock, writer
+
+
+def run_steps(proc, clock, steps, *, stop_at=None):
+    for done in range(1, steps + 1):
+        clock.tick()
+        proc.step(StepView(done, torch.tensor(float(done)), data_s=0.1, grad_norm=2.0, skipped_total=1,
+                           force=done == stop_at))
+
+
+def test_records_come_every_log_every_steps_and_at_the_last_step():
+    proc, clock, writer = processor(Workload(64, 1e9, 0))
+    run_steps(proc, clock, 7)
+    assert [r["step"] for r in writer.records] == [3, 6, 7]
+    assert proc.history == writer.records
+    assert [len(r["per_step"]["step_time_s"]) for r in writer.records] == [3, 3, 1]
+
+
+def test_a_stop_forces_a_record_off_the_cadence():
+    proc, clock, writer = processor(Workload(64, 1e9, 0), log_every=10, last_step=100)
+    run_steps(proc, clock, 4, stop_at=4)
+    assert [r["step"] for r in writer.records] == [4]
+
+
+def test_rates_follow_from_step_time_and_workload():
+    proc, clock, writer = processor(Workload(samples_per_step=64, flops_per_sample=2e9, tokens_per_sample=128))
+    run_steps(proc, clock, 3)
+    r = writer.records[0]
+    assert r["step_time_s"] == pytest.approx(0.5)
+    assert r["samples_per_s"] == pytest.approx(128.0)
+    assert r["achieved_tflops"] == pytest.approx(128.0 * 2e9 / 1e12)
+    assert r["tokens_per_s"] == pytest.approx(128.0 * 128)
+    assert r["compute_s"] == pytest.approx(0.20)  # the data wait is taken out of compute
+    assert r["data_s"] == pytest.approx(0.1)
+    assert (r["loss"], r["lr"], r["epoch"], r["grad_norm"], r["skipped_steps"]) == (3.0, 0.5, 0.3, 2.0, 1)
+    assert r["world_size"] == 1
+
+
+def test_models_without_tokens_have_no_token_rate_and_ddp_has_no_exposed_comm():
+    proc, clock, writer = processor(Workload(64, 1e9, 0), exposed=False)
+    run_steps(proc, clock, 3)
+    r = writer.records[0]
+    assert "tokens_per_s" not in r
+    assert r["comm_exposed_s"] is None and r["per_step"]["comm_exposed_s"] is None
+
+
+def test_close_closes_the_writer():
+    proc, _, writer = processor(Workload(64, 1e9, 0))
+    proc.close()
+    assert writer.closed
+
+
+def test_per_step_timings_refuses_mismatched_lengths():
+    with pytest.raises(ValueError):
+        per_step_timings([{"compute": 1.0, "comm_exposed": 0.0, "optimizer": 0.0}], [0.1, 0.2], [1.0], True)
