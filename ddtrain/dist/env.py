@@ -95,72 +95,89 @@ def _slurm_placement(environ: Mapping[str, str], world: int) -> tuple[int, int, 
 
 
 def detect_launch_env(environ: Mapping[str, str]) -> LaunchEnv:
-    """Map the launcher's variables to a LaunchEnv. Pure: reads only ``environ``."""
+    """Map the launcher's variables to a LaunchEnv. Pure: reads only ``environ``.
+
+    torchrun first (it may run inside an MPI or Slurm job and sets its own ranks), then the MPI
+    flavours, then a bare srun; none of them: one plain process.
+    """
     addr = environ.get("MASTER_ADDR") or None
     port = _int(environ, "MASTER_PORT", 0) or None
+    for detect in (_torchrun_env, _mpi_env, _slurm_env):
+        env = detect(environ, addr, port)
+        if env is not None:
+            return env
+    return LaunchEnv(master_addr=addr, master_port=port)
 
-    if "TORCHELASTIC_RUN_ID" in environ or ("LOCAL_RANK" in environ and "RANK" in environ):
-        rank, world = _int(environ, "RANK"), _int(environ, "WORLD_SIZE")
-        local_world = _int(environ, "LOCAL_WORLD_SIZE", world)
+
+def _torchrun_env(environ: Mapping[str, str], addr: str | None, port: int | None) -> LaunchEnv | None:
+    if not ("TORCHELASTIC_RUN_ID" in environ or ("LOCAL_RANK" in environ and "RANK" in environ)):
+        return None
+    rank, world = _int(environ, "RANK"), _int(environ, "WORLD_SIZE")
+    local_world = _int(environ, "LOCAL_WORLD_SIZE", world)
+    env = LaunchEnv(
+        rank=rank,
+        local_rank=_int(environ, "LOCAL_RANK"),
+        world_size=world,
+        local_world_size=local_world,
+        node_rank=_int(environ, "GROUP_RANK", rank // local_world),
+        launcher="torchrun",
+        master_addr=addr,
+        master_port=port,
+        job_id=environ.get("TORCHELASTIC_RUN_ID"),
+        agent_store=environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true",
+    )
+    return _checked(env, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def _mpi_env(environ: Mapping[str, str], addr: str | None, port: int | None) -> LaunchEnv | None:
+    for name, marker, rank_v, size_v, lrank_v, lsize_v in _MPI_FLAVOURS:
+        if marker not in environ:
+            continue
+        rank, world = _int(environ, rank_v), _int(environ, size_v)
+        if lsize_v not in environ and "SLURM_STEP_ID" in environ:
+            # srun --mpi=pmi2 exports PMI_RANK/PMI_SIZE but no local variables: the
+            # placement is Slurm's.
+            local_rank, local_world, node = _slurm_placement(environ, world)
+        else:
+            # Without a local size the launcher could not tell us the placement; assume
+            # one rank per node, the conservative choice (no loopback pinning, device 0).
+            local_world = _int(environ, lsize_v, 1)
+            local_rank = _int(environ, lrank_v, 0)
+            # MPI gives no node index; with the default block mapping it is rank // ppn.
+            node = rank // local_world
         env = LaunchEnv(
             rank=rank,
-            local_rank=_int(environ, "LOCAL_RANK"),
-            world_size=world,
-            local_world_size=local_world,
-            node_rank=_int(environ, "GROUP_RANK", rank // local_world),
-            launcher="torchrun",
-            master_addr=addr,
-            master_port=port,
-            job_id=environ.get("TORCHELASTIC_RUN_ID"),
-            agent_store=environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true",
-        )
-        return _checked(env, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-
-    for name, marker, rank_v, size_v, lrank_v, lsize_v in _MPI_FLAVOURS:
-        if marker in environ:
-            rank, world = _int(environ, rank_v), _int(environ, size_v)
-            if lsize_v not in environ and "SLURM_STEP_ID" in environ:
-                # srun --mpi=pmi2 exports PMI_RANK/PMI_SIZE but no local variables: the
-                # placement is Slurm's.
-                local_rank, local_world, node = _slurm_placement(environ, world)
-            else:
-                # Without a local size the launcher could not tell us the placement; assume
-                # one rank per node, the conservative choice (no loopback pinning, device 0).
-                local_world = _int(environ, lsize_v, 1)
-                local_rank = _int(environ, lrank_v, 0)
-                # MPI gives no node index; with the default block mapping it is rank // ppn.
-                node = rank // local_world
-            env = LaunchEnv(
-                rank=rank,
-                local_rank=local_rank,
-                world_size=world,
-                local_world_size=local_world,
-                node_rank=node,
-                launcher=name,
-                master_addr=addr,
-                master_port=port,
-                job_id=environ.get("SLURM_JOB_ID"),
-            )
-            return _checked(env, rank_v, size_v, lrank_v, lsize_v)
-
-    if "SLURM_PROCID" in environ and "SLURM_STEP_ID" in environ:
-        world = _int(environ, "SLURM_STEP_NUM_TASKS", _int(environ, "SLURM_NTASKS", 1))
-        local_rank, local_world, node = _slurm_placement(environ, world)
-        env = LaunchEnv(
-            rank=_int(environ, "SLURM_PROCID"),
             local_rank=local_rank,
             world_size=world,
             local_world_size=local_world,
             node_rank=node,
-            launcher="slurm",
+            launcher=name,
             master_addr=addr,
             master_port=port,
-            job_id=f"{environ.get('SLURM_JOB_ID', '0')}.{environ['SLURM_STEP_ID']}",
+            job_id=environ.get("SLURM_JOB_ID"),
         )
-        return _checked(env, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID",
-                        "SLURM_STEP_TASKS_PER_NODE")
+        return _checked(env, rank_v, size_v, lrank_v, lsize_v)
+    return None
 
-    return LaunchEnv(master_addr=addr, master_port=port)
+
+def _slurm_env(environ: Mapping[str, str], addr: str | None, port: int | None) -> LaunchEnv | None:
+    if not ("SLURM_PROCID" in environ and "SLURM_STEP_ID" in environ):
+        return None
+    world = _int(environ, "SLURM_STEP_NUM_TASKS", _int(environ, "SLURM_NTASKS", 1))
+    local_rank, local_world, node = _slurm_placement(environ, world)
+    env = LaunchEnv(
+        rank=_int(environ, "SLURM_PROCID"),
+        local_rank=local_rank,
+        world_size=world,
+        local_world_size=local_world,
+        node_rank=node,
+        launcher="slurm",
+        master_addr=addr,
+        master_port=port,
+        job_id=f"{environ.get('SLURM_JOB_ID', '0')}.{environ['SLURM_STEP_ID']}",
+    )
+    return _checked(env, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID",
+                    "SLURM_STEP_TASKS_PER_NODE")
 
 
 def _checked(env: LaunchEnv, rank_var: str, size_var: str, lrank_var: str, lsize_var: str) -> LaunchEnv:
