@@ -45,32 +45,33 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def main() -> None:
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, as for ddtrain")
     args = ap.parse_args()
-
-    from ddtrain.data import ShardedBatches, build_dataset
-    from ddtrain.dist.env import detect_launch_env
-    from ddtrain.dist.group import all_max_each, barrier, init_distributed, shutdown
-    from ddtrain.models import INPUT_KIND
-    from ddtrain.perf.clock import StepClock
-    from ddtrain.run import cpu_threads
-    from ddtrain.trainer import build_replica, train_step
-
     if args.steps <= args.warmup:
         sys.exit(f"bench_interleaved: --steps {args.steps} must exceed --warmup {args.warmup} "
                  "(the warm-up steps are not timed)")
-    cfg = load_config(args.overrides + [f"trainer.steps={args.steps}"])
+    return args
+
+
+def setup(cfg):
+    """The process group and two replicas of the model, one per engine, on the same batches."""
+    from ddtrain.data import ShardedBatches, build_dataset
+    from ddtrain.dist.env import detect_launch_env
+    from ddtrain.dist.group import init_distributed
+    from ddtrain.models import INPUT_KIND
+    from ddtrain.run import cpu_threads
+    from ddtrain.trainer import build_replica
+
     env = detect_launch_env(os.environ)
     torch.set_num_threads(cpu_threads(cfg.trainer.threads, env.local_world_size))
     ctx = init_distributed(env, backend=cfg.comm.backend, device=cfg.trainer.device,
                            timeout_s=cfg.comm.timeout_s)
     if ctx.world_size < 2:
         sys.exit("bench_interleaved: run it under mpirun -np N with N >= 2 (one rank has no communication)")
-
     dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
     batches = ShardedBatches(dataset, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed)
     reps = {
@@ -78,6 +79,16 @@ def main() -> None:
                          dataset.spec)
         for e in ENGINES
     }
+    return ctx, batches, reps
+
+
+def measure(cfg, ctx, batches, reps, steps: int):
+    """Every step once per engine, the order alternating; (max-over-ranks step times, rank 0's
+    phases) per engine."""
+    from ddtrain.dist.group import all_max_each, barrier
+    from ddtrain.perf.clock import StepClock
+    from ddtrain.trainer import train_step
+
     clocks = {e: StepClock(ctx.device) for e in ENGINES}
     times: dict[str, list[float]] = {e: [] for e in ENGINES}
     phases: dict[str, list[dict[str, float]]] = {e: [] for e in ENGINES}
@@ -86,7 +97,7 @@ def main() -> None:
         if ctx.device.type == "cuda":
             torch.cuda.synchronize()  # deliberate: a benchmark times whole steps
 
-    for step in range(args.steps):
+    for step in range(steps):
         for engine in ENGINES if step % 2 == 0 else ENGINES[::-1]:
             barrier(ctx)
             sync()
@@ -95,11 +106,11 @@ def main() -> None:
             sync()
             times[engine].append(all_max_each(ctx, [time.perf_counter() - t0])[0])
             phases[engine] += clocks[engine].drain()
-    shutdown(ctx)
-    if not ctx.is_main:
-        return
+    return times, phases
 
-    timed = {e: v[args.warmup:] for e, v in times.items()}
+
+def report(cfg, ctx, times, phases, warmup: int) -> None:
+    timed = {e: v[warmup:] for e, v in times.items()}
     pairs = [a / b for a, b in zip(timed["ddtrain"], timed["torch_ddp"])]
     med = {e: statistics.median(v) for e, v in timed.items()}
     device = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else (
@@ -109,7 +120,7 @@ def main() -> None:
     print(f"date: {dt.date.today().isoformat()}; device: {device}; backend: {ctx.backend}; "
           f"ranks: {ctx.world_size}; command: `{command}`")
     print(f"model={cfg.model.name} batch/rank={cfg.data.batch_size} bucket_mb={cfg.comm.bucket_mb} "
-          f"comm dtype={cfg.comm.dtype}; {len(pairs)} step pairs after {args.warmup} warm-up steps")
+          f"comm dtype={cfg.comm.dtype}; {len(pairs)} step pairs after {warmup} warm-up steps")
     print()
     print("| model | ddtrain median step (ms) | torch_ddp median step (ms) | ratio of medians | "
           "per-step ratio median [p10, p90] |")
@@ -125,10 +136,22 @@ def main() -> None:
           "| step (ms) |")
     print("|---|---|---|---|---|")
     for e in ENGINES:
-        ph = phases[e][args.warmup:]
+        ph = phases[e][warmup:]
         keys = ("compute", "comm_exposed", "optimizer", "total")
         cols = [statistics.fmean(p[k] for p in ph) * 1e3 for k in keys]
         print(f"| {e} | " + " | ".join(f"{c:.2f}" for c in cols) + " |")
+
+
+def main() -> None:
+    from ddtrain.dist.group import shutdown
+
+    args = parse_args()
+    cfg = load_config(args.overrides + [f"trainer.steps={args.steps}"])
+    ctx, batches, reps = setup(cfg)
+    times, phases = measure(cfg, ctx, batches, reps, args.steps)
+    shutdown(ctx)
+    if ctx.is_main:
+        report(cfg, ctx, times, phases, args.warmup)
 
 
 if __name__ == "__main__":
