@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddtrain.kernels.rnn_plan import PATHS as RNN_PATHS
+# How a persistent-RNN layer may run (ddtrain/kernels/rnn_plan.py picks among them). The config
+# owns the names so that validating model.path needs no kernel module; the planner imports them.
+RNN_PATHS = ("auto", "persistent", "stepwise", "cudnn", "reference")
 
 
 class ConfigError(ValueError):
@@ -76,7 +78,7 @@ class PRNNConfig:
     nonlinearity: str = "relu"  # cell=rnn only: relu | tanh
     hidden: int = 128
     layers: int = 3  # recurrent layers
-    path: str = "auto"  # auto | persistent | stepwise | cudnn | reference (ddtrain/kernels/rnn_plan.py)
+    path: str = "auto"  # one of RNN_PATHS (ddtrain/kernels/rnn_plan.py picks among them)
 
 
 MODEL_SCHEMAS: dict[str, type] = {
@@ -236,6 +238,11 @@ def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be {bound}")
 
 
+def _positives(section: str, obj: Any, *names: str, zero_ok: bool = False) -> None:
+    for name in names:
+        _positive(f"{section}.{name}", getattr(obj, name), zero_ok=zero_ok)
+
+
 def from_mapping(raw: Mapping[str, Any]) -> TrainConfig:
     """Build and validate a TrainConfig from a plain (resolved) mapping, e.g. Hydra's cfg."""
     raw = {k: v for k, v in raw.items() if k != "hydra"}
@@ -264,50 +271,67 @@ def from_mapping(raw: Mapping[str, Any]) -> TrainConfig:
 
 def validate(cfg: TrainConfig) -> None:
     """Reject values that are well-typed but meaningless. Pure: no I/O, no process group."""
-    m = cfg.model
-    if isinstance(m, MLPConfig):
-        _positive("model.hidden", m.hidden)
-        _positive("model.layers", m.layers)
-    elif isinstance(m, ConvNetConfig):
-        _positive("model.width", m.width)
-        _positive("model.stages", m.stages)
-        _positive("model.blocks_per_stage", m.blocks_per_stage)
-        _choice("model.norm", m.norm, ["group", "batch"])
-    elif isinstance(m, ResNetConfig):
-        if m.depth not in (18, 34, 50):
-            raise ConfigError(f"model.depth={m.depth} is not allowed; choose one of: 18, 34, 50")
-        _positive("model.width", m.width)
-        _choice("model.norm", m.norm, ["group", "batch"])
-        _choice("model.stem", m.stem, ["auto", "imagenet", "cifar"])
-    elif isinstance(m, RNNConfig):
-        _positive("model.embed", m.embed)
-        _positive("model.hidden", m.hidden)
-        _positive("model.layers", m.layers)
-    elif isinstance(m, PRNNConfig):
-        _positive("model.conv_layers", m.conv_layers, zero_ok=True)
-        _positive("model.conv_channels", m.conv_channels)
-        _positive("model.kernel", m.kernel)
-        if m.kernel % 2 == 0:
-            raise ConfigError(f"model.kernel={m.kernel} must be odd (stride-1 'same' padding keeps one "
-                              "output per frame only for odd kernels); e.g. 3 or 5")
-        _choice("model.cell", m.cell, ["gru", "rnn"])
-        _choice("model.nonlinearity", m.nonlinearity, ["relu", "tanh"])
-        _positive("model.hidden", m.hidden)
-        _positive("model.layers", m.layers)
-        _choice("model.path", m.path, RNN_PATHS)
-    elif isinstance(m, GPTConfig):
-        _positive("model.layers", m.layers)
-        _positive("model.heads", m.heads)
-        _positive("model.dim", m.dim)
-        if m.dim % m.heads:
-            raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
-        if not 0.0 <= m.dropout < 1.0:
-            raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
+    _MODEL_VALIDATORS[type(cfg.model)](cfg.model)
+    _validate_data(cfg.data)
+    _validate_optim(cfg.optim)
+    _validate_comm(cfg.comm)
+    _validate_trainer(cfg.trainer)
 
-    d = cfg.data
+
+def _validate_mlp(m: MLPConfig) -> None:
+    _positives("model", m, "hidden", "layers")
+
+
+def _validate_convnet(m: ConvNetConfig) -> None:
+    _positives("model", m, "width", "stages", "blocks_per_stage")
+    _choice("model.norm", m.norm, ["group", "batch"])
+
+
+def _validate_resnet(m: ResNetConfig) -> None:
+    if m.depth not in (18, 34, 50):
+        raise ConfigError(f"model.depth={m.depth} is not allowed; choose one of: 18, 34, 50")
+    _positive("model.width", m.width)
+    _choice("model.norm", m.norm, ["group", "batch"])
+    _choice("model.stem", m.stem, ["auto", "imagenet", "cifar"])
+
+
+def _validate_rnn(m: RNNConfig) -> None:
+    _positives("model", m, "embed", "hidden", "layers")
+
+
+def _validate_gpt(m: GPTConfig) -> None:
+    _positives("model", m, "layers", "heads", "dim")
+    if m.dim % m.heads:
+        raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
+
+
+def _validate_prnn(m: PRNNConfig) -> None:
+    _positive("model.conv_layers", m.conv_layers, zero_ok=True)
+    _positives("model", m, "conv_channels", "kernel", "hidden", "layers")
+    if m.kernel % 2 == 0:
+        raise ConfigError(f"model.kernel={m.kernel} must be odd (stride-1 'same' padding keeps one "
+                          "output per frame only for odd kernels); e.g. 3 or 5")
+    _choice("model.cell", m.cell, ["gru", "rnn"])
+    _choice("model.nonlinearity", m.nonlinearity, ["relu", "tanh"])
+    _choice("model.path", m.path, RNN_PATHS)
+
+
+_MODEL_VALIDATORS = {
+    MLPConfig: _validate_mlp,
+    ConvNetConfig: _validate_convnet,
+    ResNetConfig: _validate_resnet,
+    RNNConfig: _validate_rnn,
+    GPTConfig: _validate_gpt,
+    PRNNConfig: _validate_prnn,
+}
+
+
+def _validate_data(d: DataConfig) -> None:
     _choice("data", d.name, ["synthetic", "digits", "chars", "speech"])
-    for key in ("batch_size", "samples", "image_size", "channels", "seq_len", "features", "min_segment"):
-        _positive(f"data.{key}", getattr(d, key))
+    _positives("data", d, "batch_size", "samples", "image_size", "channels", "seq_len", "features",
+               "min_segment")
     _positive("data.noise", d.noise, zero_ok=True)
     if d.max_segment < d.min_segment:
         raise ConfigError(f"data.max_segment={d.max_segment} must be >= data.min_segment={d.min_segment}")
@@ -316,40 +340,33 @@ def validate(cfg: TrainConfig) -> None:
     if d.vocab_size < 2:
         raise ConfigError(f"data.vocab_size={d.vocab_size} must be >= 2")
 
-    o = cfg.optim
+
+def _validate_optim(o: OptimConfig) -> None:
     _choice("optim", o.name, ["adamw", "sgd"])
     _positive("optim.lr", o.lr)
-    _positive("optim.weight_decay", o.weight_decay, zero_ok=True)
-    _positive("optim.momentum", o.momentum, zero_ok=True)
+    _positives("optim", o, "weight_decay", "momentum", "warmup_steps", "grad_clip", zero_ok=True)
     for key in ("beta1", "beta2"):
         if not 0.0 <= getattr(o, key) < 1.0:
             raise ConfigError(f"optim.{key}={getattr(o, key)} must be in [0, 1)")
     _choice("optim.schedule", o.schedule, ["constant", "cosine", "linear"])
-    _positive("optim.warmup_steps", o.warmup_steps, zero_ok=True)
     if not 0.0 <= o.min_lr_ratio <= 1.0:
         raise ConfigError(f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
-    _positive("optim.grad_clip", o.grad_clip, zero_ok=True)
 
-    c = cfg.comm
+
+def _validate_comm(c: CommConfig) -> None:
     _choice("comm.engine", c.engine, ["ddtrain", "torch_ddp"])
-    _positive("comm.bucket_mb", c.bucket_mb)
-    _positive("comm.first_bucket_mb", c.first_bucket_mb)
+    _positives("comm", c, "bucket_mb", "first_bucket_mb", "timeout_s")
+    _positive("comm.verify_every", c.verify_every, zero_ok=True)
     _choice("comm.dtype", c.dtype, ["fp32", "bf16", "fp16"])
     _choice("comm.pack", c.pack, ["auto", "triton", "torch"])
     _choice("comm.backend", c.backend, ["auto", "nccl", "gloo"])
-    _positive("comm.timeout_s", c.timeout_s)
-    _positive("comm.verify_every", c.verify_every, zero_ok=True)
 
-    t = cfg.trainer
-    _positive("trainer.steps", t.steps)
-    _positive("trainer.grad_accum", t.grad_accum)
+
+def _validate_trainer(t: TrainerConfig) -> None:
+    _positives("trainer", t, "steps", "grad_accum", "log_every", "ckpt_keep")
+    _positives("trainer", t, "threads", "ckpt_every", "ckpt_every_min", zero_ok=True)
     _choice("trainer.precision", t.precision, ["fp32", "bf16"])
-    _positive("trainer.log_every", t.log_every)
     _choice("trainer.device", t.device, ["auto", "cpu", "cuda"])
-    _positive("trainer.threads", t.threads, zero_ok=True)
-    _positive("trainer.ckpt_every", t.ckpt_every, zero_ok=True)
-    _positive("trainer.ckpt_every_min", t.ckpt_every_min, zero_ok=True)
-    _positive("trainer.ckpt_keep", t.ckpt_keep)
     if not t.resume:
         raise ConfigError("trainer.resume='' is empty; use auto, never, or the path of a checkpoint "
                           "file or directory")

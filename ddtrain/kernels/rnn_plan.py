@@ -17,12 +17,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ddtrain.config import RNN_PATHS as PATHS  # the names model.path accepts; config owns them
+
 KiB = 1024
 # Share of the register file the weight slice may take; the rest holds h, partial sums, pointers.
 # Not tuned on hardware yet (no GPU was lent to issue 4): change it with `onchip_fraction`.
 ONCHIP_FRACTION = 0.75
 MAX_PERSISTENT_BATCH = 64  # beyond this the step is a real GEMM and cuDNN's tiling wins
-PATHS = ("auto", "persistent", "stepwise", "cudnn", "reference")
 MATMULS = ("fma", "dot")
 
 

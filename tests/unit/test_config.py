@@ -240,3 +240,19 @@ def test_speech_group_spells_out_its_keys_and_the_defaults_agree():
     defaults = DataConfig()
     for key in ("samples", "features", "noise", "min_segment", "max_segment"):
         assert getattr(defaults, key) == yaml[key], key
+
+
+def test_the_config_layer_imports_no_other_ddtrain_module():
+    # Validation runs before anything else is loaded (no kernel, no torch): config.py owns the
+    # names it checks, e.g. RNN_PATHS, which ddtrain/kernels/rnn_plan.py imports from here.
+    import ast
+    import inspect
+
+    import ddtrain.config
+    from ddtrain.kernels import rnn_plan
+
+    tree = ast.parse(inspect.getsource(ddtrain.config))
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("ddtrain")], imported
+    assert rnn_plan.PATHS is ddtrain.config.RNN_PATHS
