@@ -28,6 +28,19 @@ def report(message: str, rank: int = 0, *, same_on_all_ranks: bool = True) -> No
         time.sleep(_QUIET_RANK_DELAY_S)
 
 
+def one_line(exc: BaseException, *, typed: bool = True, limit: int = 500) -> str:
+    """``exc`` as one line for ``report``: its message's non-blank lines, stripped and joined by
+    "; ", cut at ``limit`` characters. ``typed`` puts the exception's type in front, for errors
+    whose message alone does not say what failed (an OSError from a socket); without a message
+    the type is the line."""
+    text = "; ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if typed else text
+
+
 def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True,
          exit_code: int = EXIT_BAD_INPUT) -> None:
     """``report`` the error and exit ``exit_code`` (2: bad input)."""

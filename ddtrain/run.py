@@ -20,7 +20,7 @@ from ddtrain.config import TrainConfig
 from ddtrain.data import build_dataset
 from ddtrain.dist.env import LaunchEnv, detect_launch_env
 from ddtrain.dist.group import DistContext, init_distributed, shutdown
-from ddtrain.errors import EXIT_JOB_ERROR, JobError, fail, report
+from ddtrain.errors import EXIT_JOB_ERROR, JobError, fail, one_line, report
 from ddtrain.fault.monitor import exit_on_loss, start_monitor
 from ddtrain.fault.signals import StopRequest
 from ddtrain.models import INPUT_KIND
@@ -71,7 +71,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     try:
         monitor = start_monitor(ctx, cfg.comm.timeout_s)
     except (OSError, RuntimeError) as e:  # a rank that never connected, an unreachable rank 0
-        report(_one_line(e), ctx.rank, same_on_all_ranks=False)
+        report(one_line(e), ctx.rank, same_on_all_ranks=False)
         _leave(EXIT_JOB_ERROR)
     log.info(
         "run dir %s; %d rank(s) via %s, backend %s, device %s",
@@ -117,11 +117,6 @@ def _leave(code: int) -> None:
     os._exit(code)
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:500]}" if text else type(e).__name__
-
-
 def _die(e: BaseException, ctx: DistContext, monitor) -> None:
     """This rank's training raised. If a peer's death caused it (the collective failed because
     the other end is gone), say so; otherwise print the traceback and tell everyone why."""
@@ -131,7 +126,7 @@ def _die(e: BaseException, ctx: DistContext, monitor) -> None:
     peer = monitor.wait_lost(1.0)
     if peer is not None:
         exit_on_loss(ctx.rank)(*peer)
-    reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _one_line(e)
+    reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else one_line(e)
     monitor.report_failure(f"{reason} (see rank {ctx.rank}'s log for the traceback)")
     log.error("this rank failed:", exc_info=e)  # stderr, and train.log on rank 0
     report(reason, ctx.rank, same_on_all_ranks=False)
