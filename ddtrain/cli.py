@@ -17,9 +17,10 @@ from omegaconf import OmegaConf
 
 from ddtrain.config import ConfigError, from_mapping
 from ddtrain.dist.env import LaunchEnvError, detect_launch_env
-from ddtrain.errors import fail
+from ddtrain.errors import fail, one_line
 
 CONFIG_MODULE = "ddtrain.configs"
+PRESET_GROUP = "experiment"  # taken as +experiment=NAME: in no root config's defaults list
 
 
 @functools.cache
@@ -50,14 +51,51 @@ def _fail(message: str) -> None:
     fail(message, rank)
 
 
-def _one_line(exc: BaseException) -> str:
+def _not_allowed_option(exc: BaseException) -> str | None:
+    """Hydra's "Could not find 'model/foo'" (with its search path) as our "model=foo is not
+    allowed; choose one of: ..."; None for any other error."""
     options = getattr(exc, "options", None)
     missing = getattr(exc, "missing_cfg_file", None)
     if options and missing and "/" in str(missing):
         group, name = str(missing).rsplit("/", 1)
         return f"{group}={name} is not allowed; choose one of: {', '.join(sorted(options))}"
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return "; ".join(lines)
+    return None
+
+
+def _top_level_names(overrides: list[str]) -> list[str]:
+    """The first part of each override's key (``+experiment=x`` -> experiment, ``data.seq_len=8``
+    -> data); none when Hydra cannot parse them (it then says why itself)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return []
+    return [re.split(r"[./@]", o.key_or_group)[0] for o in parsed]
+
+
+def _unknown_name(config_name: str, overrides: list[str]) -> str | None:
+    """A top-level name that is neither a config group nor a key (``modle=gpt``,
+    ``+experimnt=quickstart``) as one line with the closest name and the groups; else None."""
+    import difflib
+
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            cfg = compose(config_name, return_hydra_config=True)  # the root config, no overrides
+    except Exception:
+        return None  # the root config itself is broken: Hydra's words say more than ours
+    groups = [k for k in cfg if k in cfg.hydra.runtime.choices] + [PRESET_GROUP]  # in YAML order
+    keys = [k for k in cfg if k not in groups and k != "hydra"]
+    for name in _top_level_names(overrides):
+        if name in groups or name in keys or name == "hydra":
+            continue
+        close = difflib.get_close_matches(name, groups + keys, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return (f"{name} is not a config group or key; {hint}groups: {', '.join(groups)}; "
+                f"keys: {', '.join(keys)}")
+    return None
 
 
 def _unknown_key(key: str, config_name: str, overrides: list[str]) -> str:
@@ -89,21 +127,29 @@ def preflight(argv: list[str], config_name: str = "train", validate=from_mapping
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.cfg or args.shell_completion or args.multirun:
         return  # Hydra's own modes; multirun jobs are validated one by one in the task.
+    config_name = args.config_name or config_name
     try:
         _launch_env()
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(args.config_name or config_name, overrides=args.overrides)
+            cfg = compose(config_name, overrides=args.overrides)
         validate(OmegaConf.to_container(cfg, resolve=True))
-    except (ConfigError, LaunchEnvError) as e:
+    except LaunchEnvError as e:
         _fail(str(e))
-    except Exception as e:  # Hydra's composition errors: unknown group option, bad syntax ...
-        key = re.match(r"Could not override '([^']+)'", str(e))
-        if key:
-            try:
-                _fail(_unknown_key(key.group(1), args.config_name or config_name, args.overrides))
-            except Exception:
-                pass  # fall back to Hydra's own words
-        _fail(_one_line(e))
+    except Exception as e:  # a bad value (ConfigError), or Hydra's composition errors
+        # A misspelled group or key explains the failure best, whatever Hydra made of it.
+        _fail(_unknown_name(config_name, args.overrides) or _explain(e, config_name, args.overrides))
+
+
+def _explain(exc: Exception, config_name: str, overrides: list[str]) -> str:
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    key = re.match(r"Could not override '([^']+)'", str(exc))
+    if key:
+        try:
+            return _unknown_key(key.group(1), config_name, overrides)
+        except Exception:
+            pass  # fall back to Hydra's own words
+    return _not_allowed_option(exc) or one_line(exc, typed=False)
 
 
 def _task(cfg) -> None:

@@ -29,6 +29,10 @@ from tests.cli_helpers import run_cli
          "model.cell='lstm' is not allowed; choose one of: gru, rnn"),
         (["data=speech", "data.max_segment=1"], "data.max_segment=1 must be >= data.min_segment=2"),
         (["model=gpt", "data=chars", "data.paths=[/nonexistent/corpus.txt]"], "no such file"),
+        (["modle=gpt"], "modle is not a config group or key; did you mean model? "
+                        "groups: model, data, optim, comm, trainer, experiment"),
+        (["+experimnt=quickstart"], "experimnt is not a config group or key; did you mean experiment? "
+                                    "groups: model, data, optim, comm, trainer, experiment"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, needle):
@@ -38,6 +42,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, needle):
     errors = [ln for ln in lines if ln.startswith("ddtrain: error:")]
     assert len(errors) == 1 and needle in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_name_that_is_no_group_or_key_is_named_with_the_groups_of_its_root_config():
+    # In-process: the message ddtrain-scale (root config scale.yaml) gives, and the one without a
+    # close name. A failing override is what calls this, so it must compose the root config alone.
+    from ddtrain.cli import _unknown_name
+
+    scale = _unknown_name("scale", ["clustr=local"])
+    assert scale.startswith("clustr is not a config group or key; did you mean cluster? groups: model, data, "
+                            "optim, comm, trainer, cluster, experiment; keys: seed, tensorboard, scale")
+    assert _unknown_name("train", ["xyzzy.depth=3"]) == (
+        "xyzzy is not a config group or key; groups: model, data, optim, comm, trainer, experiment; "
+        "keys: seed, tensorboard")
+    known = ["model=gpt", "+experiment=quickstart", "hydra.run.dir=x", "seed=1"]
+    assert _unknown_name("train", known) is None
 
 
 def test_single_process_run_writes_metrics_tensorboard_and_says_where(tmp_path):
