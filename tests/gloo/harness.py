@@ -1,8 +1,10 @@
 """Run a function on N local ranks over Gloo on loopback, the way torchrun would start them.
 
-Ranks are spawned, not forked: a fork of a process whose OpenMP pool is already running can
-hang the child on its first parallel op. Each rank gets torchrun's variables, so the code under
-test goes through the real ``detect_launch_env`` -> ``init_distributed`` path.
+Ranks are not forked from the test process: a fork of a process whose OpenMP pool is already
+running can hang the child on its first parallel op. They fork from a forkserver instead, which
+has imported torch and ddtrain but never run an op, so no pool exists there and a rank starts
+without paying the imports again. Each rank gets torchrun's variables, so the code under test
+goes through the real ``detect_launch_env`` -> ``init_distributed`` path.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 RANK_TIMEOUT_S = 240
+# Imported once by the forkserver; every rank forked from it finds them loaded. Import only:
+# running an op there would start the OpenMP pool that forking must not copy.
+# torch._dynamo is listed because an optimizer imports it when it is built.
+_PRELOAD = ["torch", "torch._dynamo", "torch.distributed", "torch.optim", "ddtrain.trainer", "ddtrain.run",
+            "tests.gloo.workloads"]
 
 
 def free_port() -> int:
@@ -51,7 +58,8 @@ def run_ranks(world: int, fn: Callable, *args: Any) -> list[Any]:
     ``fn`` must be importable (module level) and return picklable values (numpy, not tensors).
     A failing rank's traceback is re-raised here; a hung job fails after RANK_TIMEOUT_S.
     """
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, results)) for r in range(world)]
