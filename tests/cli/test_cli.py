@@ -71,6 +71,18 @@ def test_single_process_run_writes_metrics_tensorboard_and_says_where(tmp_path):
     assert f"tensorboard --logdir {run_dir / 'tb'}" in proc.stderr
 
 
+@pytest.mark.slow
+def test_the_default_run_learns(tmp_path):
+    # Plain `ddtrain` (mlp on synthetic images, 100 steps, a record every 10): the loss of the
+    # last record is well below the first's, so a first run shows a model that learns.
+    run_dir = tmp_path / "run"
+    proc = run_cli(["trainer.progress=false", f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(10, 101, 10))
+    assert records[-1]["loss"] <= 0.7 * records[0]["loss"], [r["loss"] for r in records]
+
+
 def test_torchrun_two_ranks_share_one_run_directory(tmp_path):
     import subprocess
 

@@ -126,6 +126,12 @@ def test_synthetic_image_labels_are_learnable():
     assert accuracy > 0.5
 
 
+def test_synthetic_images_do_not_depend_on_the_sample_count():
+    small, large = (build_dataset(dataclasses.replace(SMALL_IMAGES, samples=n), "image", seed=3)
+                    for n in (50, 80))
+    assert torch.equal(small.x, large.x[:50]) and torch.equal(small.y, large.y[:50])
+
+
 def test_synthetic_tokens_shapes_and_determinism():
     cfg = DataConfig(samples=256, seq_len=16, vocab_size=32, batch_size=8)
     data = build_dataset(cfg, "tokens", seed=0)
