@@ -1,11 +1,12 @@
-"""``ddtrain-launch -n N [--hostfile F] -- overrides...``: run ``ddtrain`` on N ranks via mpirun.
+"""``ddtrain-launch -n N [--hostfile F] -- overrides...``: run ``ddtrain`` on N ranks via mpirun
+(or, with ``--launcher srun``, as a job step of a Slurm allocation).
 
 It finds mpirun, asks it which MPI it is (``mpirun --version``), builds the command for that
-flavour (``flavour.build_command``, pure and tested to the argv), prints it, and then *becomes*
-mpirun (``exec``). Exec rather than a child process: Ctrl-C, a scheduler's SIGTERM and the
-SIGUSR1 checkpoint request reach mpirun directly, which forwards them to the ranks as its own
-documentation describes, and mpirun's exit code is the launcher's, with nothing in between to
-get either wrong.
+flavour (``policy.launch_command``, pure and tested to the argv), prints it, and then *becomes*
+the launcher (``exec``). Exec rather than a child process: Ctrl-C, a scheduler's SIGTERM and
+the SIGUSR1 checkpoint request reach mpirun (or srun) directly, which forwards them to the ranks
+as its own documentation describes, and its exit code is the launcher's, with nothing in
+between to get either wrong.
 
 One rank also goes through mpirun (``-n 1``), so that a 1-rank run is started, configured and
 logged exactly as an N-rank one; run ``ddtrain`` directly for a plain single process.
@@ -16,26 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ddtrain.errors import EXIT_BAD_INPUT
-from ddtrain.launcher.cores import machine_slots
-from ddtrain.launcher.flavour import FLAVOURS, LaunchError, build_command, detect_flavour
-from ddtrain.launcher.mpirun import (
-    LauncherNotFound,
-    child_env,
-    console_script,
-    find_mpirun,
-    running_as_root,
-)
+from ddtrain.launcher.flavour import FLAVOURS, LaunchError
+from ddtrain.launcher.mpirun import console_script
+from ddtrain.launcher.policy import LAUNCHERS, resolve_target
 
 PROG = "ddtrain-launch"
-_VERSION_TIMEOUT_S = 60
 
 
 class _Refused(Exception):
@@ -51,10 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
         description="Run ddtrain (or --program) on N ranks through mpirun, with the flags this "
-                    "machine's MPI needs (Open MPI, MPICH or Intel MPI, detected).",
-        epilog="Example: ddtrain-launch -n 8 --hostfile hosts -- model=gpt trainer.steps=1000",
+                    "machine's MPI needs (Open MPI, MPICH or Intel MPI, detected), or through "
+                    "srun inside a Slurm allocation.",
+        epilog="Examples: ddtrain-launch -n 8 --hostfile hosts -- model=gpt trainer.steps=1000; "
+               "in an sbatch script: ddtrain-launch --launcher srun -- model=gpt",
     )
-    p.add_argument("-n", "--np", dest="n", type=int, required=True, help="number of ranks (one per GPU)")
+    p.add_argument("-n", "--np", dest="n", type=int,
+                   help="number of ranks (one per GPU); with --launcher srun, default: every task "
+                        "of the allocation")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="mpirun",
+                   help="mpirun, or srun inside a Slurm allocation (default: mpirun)")
     p.add_argument("--hostfile", help="hosts to run on; Open MPI: 'node01 slots=8' lines, "
                                       "MPICH / Intel MPI: 'node01:8' lines")
     p.add_argument("--mpi", choices=("auto", *FLAVOURS), default="auto",
@@ -64,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--program", default="ddtrain",
                    help="command each rank runs, overrides appended (default: ddtrain); "
                         "e.g. --program 'python -m ddtrain.perf.allreduce'")
-    p.add_argument("--mpi-args", default="",
-                   help="extra launcher flags, one quoted string with '=': "
+    p.add_argument("--mpi-args", "--launcher-args", dest="mpi_args", default="",
+                   help="extra launcher flags (mpirun's or srun's), one quoted string with '=': "
                         "--mpi-args='--mca btl_tcp_if_include eth0'")
     p.add_argument("--dry-run", action="store_true", help="print the command (one line) and exit")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for ddtrain (or put them after --)")
@@ -82,13 +80,17 @@ def split_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def resolve_program(command: str) -> list[str]:
-    """``--program`` as argv. ``python`` is this interpreter and a bare name prefers the console
-    script next to it, both as absolute paths, so remote ranks start the same ones (on a shared
-    file system) whatever their PATH says."""
+def resolve_program(command: str, launcher: str = "mpirun") -> list[str]:
+    """``--program`` as argv. Under mpirun, ``python`` is this interpreter and a bare name
+    prefers the console script next to it, both as absolute paths, so remote ranks start the
+    same ones (on a shared file system) whatever their PATH says. Under srun it stays as given:
+    srun gives every task the caller's environment, PATH included, so a bare name finds the
+    same program on every node, or a container's own inside one."""
     argv = shlex.split(command)
     if not argv:
         raise _Refused("--program is empty; fix: --program ddtrain")
+    if launcher == "srun":
+        return argv
     head = argv[0]
     if head in ("python", "python3"):
         head = sys.executable  # the interpreter ddtrain is installed in
@@ -97,67 +99,42 @@ def resolve_program(command: str) -> list[str]:
     return [head, *argv[1:]]
 
 
-def _locate_mpirun(explicit: str | None, flavour: str, dry_run: bool) -> str:
-    if explicit:
-        found = shutil.which(explicit)
-        if found is None:
-            raise _Refused(f"--mpirun {explicit!r} is not an executable; fix: give the path of "
-                           "your MPI's mpirun, or leave --mpirun out")
-        return found
-    try:
-        return find_mpirun()
-    except LauncherNotFound as e:
-        if dry_run and flavour != "auto":
-            return "mpirun"  # printing a command needs no MPI when the flavour is given
-        raise _Refused(str(e)) from None
-
-
-def _ask_flavour(mpirun: str) -> str:
-    try:
-        proc = subprocess.run([mpirun, "--version"], capture_output=True, text=True,
-                              timeout=_VERSION_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise _Refused(f"could not run '{mpirun} --version' ({type(e).__name__}: {e}); "
-                       f"fix: name the flavour with --mpi={'|'.join(FLAVOURS)}") from None
-    text = proc.stdout + proc.stderr
-    flavour = detect_flavour(text)
-    if flavour is None:
-        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-        raise _Refused(f"cannot tell which MPI {mpirun} is from its --version output {first!r}; "
-                       f"fix: name it with --mpi={'|'.join(FLAVOURS)}")
-    return flavour
-
-
 @dataclass(frozen=True)
 class Plan:
-    command: list[str]  # the full mpirun argv
-    env: dict[str, str]  # the environment mpirun runs with
+    command: list[str]  # the launcher's full argv
+    env: dict[str, str]  # the environment the launcher runs with
     dry_run: bool
 
 
 def plan(argv: Sequence[str], environ: dict[str, str]) -> Plan:
-    """Parse ``argv`` and decide the mpirun command and the environment to run it with."""
+    """Parse ``argv`` and decide the launcher command and the environment to run it with."""
     head, tail = split_args(argv)
     args = _parser().parse_args(head)
-    if args.n < 1:
-        raise _Refused(f"-n {args.n}: the number of ranks must be >= 1; fix: e.g. -n 2")
-    if args.hostfile and not Path(args.hostfile).is_file():
-        raise _Refused(f"--hostfile {args.hostfile!r} is not a file; fix: give an existing hostfile "
-                       "(see launch/hostfile.example), or leave it out to run on this machine")
-    mpirun = _locate_mpirun(args.mpirun, args.mpi, args.dry_run)
-    flavour = _ask_flavour(mpirun) if args.mpi == "auto" else args.mpi
-    is_root = running_as_root()
-    env = child_env(environ, is_root=is_root)
-    # Only Open MPI without a hostfile limits ranks to this machine's cores.
-    slots = machine_slots() if flavour == "openmpi" and not args.hostfile else None
+    _check(args)
     try:
         extra = shlex.split(args.mpi_args)
     except ValueError as e:
         raise _Refused(f"--mpi-args {args.mpi_args!r} does not parse ({e}); fix: quote it once") from None
-    program = [*resolve_program(args.program), *args.overrides, *tail]
-    command = build_command(flavour, args.n, program, hostfile=args.hostfile, environ=env,
-                            is_root=is_root, slots=slots, mpirun=mpirun, extra=extra)
-    return Plan(command, env, args.dry_run)
+    target = resolve_target(args.launcher, environ=environ, mpi=args.mpi, mpirun=args.mpirun,
+                            hostfile=args.hostfile, extra=extra, dry_run=args.dry_run)
+    program = [*resolve_program(args.program, args.launcher), *args.overrides, *tail]
+    command = target.command(args.n, program)
+    return Plan(command, target.env, args.dry_run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Refuse what no launcher would accept, before looking at the machine."""
+    if args.n is None and args.launcher == "mpirun":
+        raise _Refused("the following arguments are required with mpirun: -n/--np; fix: e.g. -n 2")
+    if args.n is not None and args.n < 1:
+        raise _Refused(f"-n {args.n}: the number of ranks must be >= 1; fix: e.g. -n 2")
+    if args.launcher == "srun":
+        for flag, given in (("--mpirun", args.mpirun), ("--mpi", args.mpi != "auto")):
+            if given:
+                raise _Refused(f"{flag} is for mpirun, not srun; fix: leave {flag} out")
+    elif args.hostfile and not Path(args.hostfile).is_file():
+        raise _Refused(f"--hostfile {args.hostfile!r} is not a file; fix: give an existing hostfile "
+                       "(see launch/hostfile.example), or leave it out to run on this machine")
 
 
 def _exec(command: list[str], env: dict[str, str]) -> None:
@@ -180,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _exec(p.command, p.env)
     except OSError as e:
-        print(f"{PROG}: error: could not start {p.command[0]} ({e}); fix: check --mpirun",
-              file=sys.stderr)
+        fix = "load Slurm, or run inside an allocation" if p.command[0] == "srun" else "check --mpirun"
+        print(f"{PROG}: error: could not start {p.command[0]} ({e}); fix: {fix}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0  # not reached: exec replaced this process
 

@@ -1,4 +1,5 @@
-"""Which MPI an ``mpirun`` belongs to, and the command line each one needs. Both pure.
+"""Which MPI an ``mpirun`` belongs to (pure), and what each one's command line needs, which
+``policy.launch_command`` builds.
 
 Three flavours, because their launchers disagree on flags:
 
@@ -22,9 +23,7 @@ Developer Guide, "Controlling Process Placement"; Horovod's ``docs/mpi.rst`` for
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-from ddtrain.launcher.mpirun import mpirun_argv
+from collections.abc import Mapping
 
 FLAVOURS = ("openmpi", "mpich", "intel")
 
@@ -49,9 +48,6 @@ _SIGNATURES = (
 EXPORT_PREFIXES = ("NCCL_", "DDTRAIN_")
 EXPORT_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "GLOO_SOCKET_IFNAME")
 
-# Hydra's hostfile flag per flavour (see the module docstring for why Intel differs).
-_HYDRA_HOSTFILE_FLAG = {"mpich": "-f", "intel": "-machinefile"}
-
 
 class LaunchError(ValueError):
     """A launch that cannot be built; the message names the value and the fix."""
@@ -70,47 +66,3 @@ def exported_names(environ: Mapping[str, str]) -> list[str]:
     NCCL_*/DDTRAIN_* in sorted order (a stable order keeps the printed command reproducible)."""
     fixed = [name for name in EXPORT_NAMES if environ.get(name)]
     return fixed + sorted(name for name in environ if name.startswith(EXPORT_PREFIXES))
-
-
-def build_command(
-    flavour: str,
-    n: int,
-    program: Sequence[str],
-    *,
-    hostfile: str | None = None,
-    environ: Mapping[str, str] | None = None,
-    is_root: bool = False,
-    slots: int | None = None,
-    mpirun: str = "mpirun",
-    extra: Sequence[str] = (),
-) -> list[str]:
-    """The full argv that starts ``program`` on ``n`` ranks with ``mpirun`` of ``flavour``.
-
-    ``environ``: the environment mpirun will run with; the exported variables are picked from it.
-    ``slots``: physical cores of this machine (Open MPI without a hostfile only).
-    ``extra``: launcher flags passed through verbatim, after ddtrain's own.
-    """
-    if flavour not in FLAVOURS:
-        raise LaunchError(f"MPI flavour {flavour!r} is not known; choose one of: {', '.join(FLAVOURS)}")
-    if n < 1:
-        raise LaunchError(f"-n {n}: the number of ranks must be >= 1; fix: e.g. -n 2")
-    environ = environ or {}
-    names = exported_names(environ)
-    if flavour == "openmpi":
-        flags = ["--allow-run-as-root"] if is_root else []
-        # Open MPI binds each rank to a single core by default. A PyTorch rank is
-        # multi-threaded (intra-op pool, data loading, NCCL/Gloo progress threads), and
-        # pinning all of it to one core starves those threads; slot mapping then places ranks
-        # in order, filling a node before the next. Horovod's runner passes the same pair.
-        flags += ["--bind-to", "none", "--map-by", "slot"]
-        for name in names:
-            flags += ["-x", name]  # value taken from mpirun's own environment
-        return mpirun_argv(n, program, mpirun=mpirun, hostfile=hostfile, slots=slots,
-                           extra=[*flags, *extra])
-    # Hydra (MPICH, Intel MPI): no root check and no slot limit, so neither flag exists there.
-    argv = [mpirun, "-n", str(n)]
-    if hostfile:
-        argv += [_HYDRA_HOSTFILE_FLAG[flavour], hostfile]
-    for name in names:
-        argv += ["-genv", name, environ[name]]
-    return [*argv, *extra, *program]

