@@ -47,10 +47,11 @@ def setup_logging(env: LaunchEnv, run_dir: Path | None) -> None:
 
 def cpu_threads(requested: int, local_world_size: int) -> int:
     """Intra-op threads per rank: ranks on one node share its cores instead of fighting over them."""
+    from ddtrain.launcher.cores import usable_cpus
+
     if requested > 0:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, local_world_size))
+    return max(1, usable_cpus() // max(1, local_world_size))
 
 
 def run(cfg: TrainConfig, run_dir: Path) -> None:

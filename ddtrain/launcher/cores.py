@@ -1,4 +1,7 @@
-"""How many slots Open MPI sees on this machine: its physical cores, not its hardware threads.
+"""How many CPUs this machine offers: physical cores for mpirun's slots, logical CPUs for threads.
+
+Two counts, for two questions. ``machine_slots``: how many ranks Open MPI places here.
+``usable_cpus``: how many threads this process's torch pools may share.
 
 Open MPI (PRRTE) counts one slot per core unless told ``--use-hwthread-cpus``, so on a machine
 with 2 threads per core ``os.cpu_count()`` is twice the number of ranks mpirun accepts without
@@ -54,6 +57,14 @@ def allowed_cpus() -> list[int] | None:
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return None
+
+
+def usable_cpus() -> int:
+    """Logical CPUs (hardware threads) this process may run on: its affinity mask, which a
+    container, a Slurm cgroup or a launcher's binding narrows, else ``os.cpu_count()``, else 1.
+    The count torch's intra-op threads share; ``machine_slots`` counts cores instead."""
+    cpus = allowed_cpus()
+    return len(cpus) if cpus else os.cpu_count() or 1
 
 
 def machine_slots(*, sys_cpu: Path = SYS_CPU, cpuinfo: Path = CPUINFO,

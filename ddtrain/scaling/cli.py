@@ -1,7 +1,8 @@
 """``ddtrain-scale [overrides]``: a scaling study as a Hydra app sharing ddtrain's config groups.
 
-It runs as ONE process and launches the workers itself (mpirun or srun), one job per world
-size; started under mpirun it would launch N studies, so that is refused.
+It runs as ONE process and launches the workers itself (mpirun or srun, with ddtrain-launch's
+flags), one job per world size; started under mpirun it would launch N studies, so that is
+refused.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def study_overrides(choices: dict, task_overrides: list[str]) -> list[str]:
 def _task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from ddtrain.launcher.mpirun import LauncherNotFound
+    from ddtrain.launcher.flavour import LaunchError
     from ddtrain.perf.mfu import ImpossibleMeasurement
     from ddtrain.perf.peak import PeakError
     from ddtrain.run import setup_logging
@@ -56,7 +57,7 @@ def _task(cfg) -> None:
     from ddtrain.scaling.study import StudyError, run_study
 
     try:
-        train_cfg, sc, cluster = parse_study(OmegaConf.to_container(cfg, resolve=True))
+        train_cfg, scale, cluster = parse_study(OmegaConf.to_container(cfg, resolve=True))
     except ConfigError as e:
         fail(str(e))
     hc = HydraConfig.get()
@@ -68,8 +69,8 @@ def _task(cfg) -> None:
     log.info("study directory %s", study_dir)
     try:
         overrides = study_overrides(dict(hc.runtime.choices), list(hc.overrides.task))
-        result = run_study(train_cfg, sc, cluster, study_dir, overrides)
-    except (StudyError, ImpossibleMeasurement, PeakError, LauncherNotFound) as e:
+        result = run_study(train_cfg, scale, cluster, study_dir, overrides)
+    except (StudyError, ImpossibleMeasurement, PeakError, LaunchError) as e:
         fail(str(e).splitlines()[0])
     for kind, path in result["paths"].items():
         log.info("%s: %s", kind, path)

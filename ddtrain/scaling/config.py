@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ddtrain.config import ConfigError, TrainConfig, _build, _choice, _positive, from_mapping
+from ddtrain.launcher.flavour import FLAVOURS
+from ddtrain.launcher.policy import LAUNCHERS
 from ddtrain.scaling.model import Cluster
 
 MODES = ("weak", "strong", "both")
@@ -27,9 +29,10 @@ class ScaleConfig:
     repeats: int = 3  # runs per world size, interleaved across sizes (shared machines drift)
     predict_to: int = 0  # also model powers of two up to this many workers (0: measured sizes only)
     predict_only: bool = False  # run no training; model every size from a one-worker profile
-    launcher: str = "mpirun"  # mpirun | srun
+    launcher: str = "mpirun"  # mpirun | srun, with ddtrain-launch's flags for either
+    mpi: str = "auto"  # mpirun's flavour: auto (asks mpirun --version) | openmpi | mpich | intel
     hostfile: str = ""  # mpirun --hostfile (empty: this machine)
-    launcher_args: tuple[str, ...] = ()  # extra launcher arguments, e.g. ["--bind-to","none"]
+    launcher_args: tuple[str, ...] = ()  # extra launcher flags, e.g. ["--mca","btl_tcp_if_include","eth0"]
     threads_per_rank: int = 0  # CPU: 0 = cores // max(world_sizes), the same at every size
     peak: str = "auto"  # auto | measure | a peak-table device key (see ddtrain/perf/peak.py)
     allreduce_max_mb: float = 64.0  # largest message of the all-reduce calibration
@@ -54,30 +57,34 @@ class ScaleConfig:
 
 
 def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
-    sc = _build(ScaleConfig, raw, "scale")
-    if not sc.world_sizes:
+    scale = _build(ScaleConfig, raw, "scale")
+    if not scale.world_sizes:
         raise ConfigError("scale.world_sizes is empty; write e.g. scale.world_sizes=[1,2,4]")
-    for n in sc.world_sizes:
+    for n in scale.world_sizes:
         if n < 1:
             raise ConfigError(f"scale.world_sizes contains {n}; every size must be >= 1")
-    sc = dataclasses.replace(sc, world_sizes=tuple(sorted(set(sc.world_sizes))))
-    _choice("scale.mode", sc.mode, MODES)
-    _choice("scale.launcher", sc.launcher, ("mpirun", "srun"))
-    if not sc.predict_only and 1 not in sc.world_sizes:
+    scale = dataclasses.replace(scale, world_sizes=tuple(sorted(set(scale.world_sizes))))
+    _choice("scale.mode", scale.mode, MODES)
+    _choice("scale.launcher", scale.launcher, LAUNCHERS)
+    _choice("scale.mpi", scale.mpi, ("auto", *FLAVOURS))
+    if scale.launcher == "srun" and scale.hostfile:
+        raise ConfigError(f"scale.hostfile={scale.hostfile!r} is for mpirun; under srun the allocation "
+                          "decides the nodes; fix: leave scale.hostfile out")
+    if not scale.predict_only and 1 not in scale.world_sizes:
         raise ConfigError(
-            f"scale.world_sizes={list(sc.world_sizes)} lacks 1; efficiency is measured against one "
+            f"scale.world_sizes={list(scale.world_sizes)} lacks 1; efficiency is measured against one "
             "worker, so add 1 (e.g. scale.world_sizes=[1,2,4])"
         )
-    if sc.steps < 3:
-        raise ConfigError(f"scale.steps={sc.steps} must be >= 3 (medians and p90 need a few steps)")
-    _positive("scale.warmup_steps", sc.warmup_steps, zero_ok=True)
-    _positive("scale.repeats", sc.repeats)
-    _positive("scale.predict_to", sc.predict_to, zero_ok=True)
-    _positive("scale.global_batch", sc.global_batch, zero_ok=True)
-    _positive("scale.threads_per_rank", sc.threads_per_rank, zero_ok=True)
-    _positive("scale.allreduce_max_mb", sc.allreduce_max_mb)
-    _positive("scale.timeout_s", sc.timeout_s)
-    return sc
+    if scale.steps < 3:
+        raise ConfigError(f"scale.steps={scale.steps} must be >= 3 (medians and p90 need a few steps)")
+    _positive("scale.warmup_steps", scale.warmup_steps, zero_ok=True)
+    _positive("scale.repeats", scale.repeats)
+    _positive("scale.predict_to", scale.predict_to, zero_ok=True)
+    _positive("scale.global_batch", scale.global_batch, zero_ok=True)
+    _positive("scale.threads_per_rank", scale.threads_per_rank, zero_ok=True)
+    _positive("scale.allreduce_max_mb", scale.allreduce_max_mb)
+    _positive("scale.timeout_s", scale.timeout_s)
+    return scale
 
 
 def parse_cluster(raw: Mapping[str, Any]) -> Cluster:
@@ -91,20 +98,20 @@ def parse_cluster(raw: Mapping[str, Any]) -> Cluster:
 def parse_study(raw: Mapping[str, Any]) -> tuple[TrainConfig, ScaleConfig, Cluster]:
     """Validate a composed ``ddtrain-scale`` config: (training config, study, cluster)."""
     raw = {k: v for k, v in raw.items() if k != "hydra"}
-    sc = parse_scale(raw.pop("scale", {}) or {})
+    scale = parse_scale(raw.pop("scale", {}) or {})
     cluster = parse_cluster(raw.pop("cluster", {}) or {})
     cfg = from_mapping(raw)
-    if "strong" in sc.modes:
-        gb = sc.strong_global_batch(cfg.data.batch_size)
-        bad = [n for n in sc.world_sizes if gb % n]
+    if "strong" in scale.modes:
+        global_batch = scale.strong_global_batch(cfg.data.batch_size)
+        bad = [n for n in scale.world_sizes if global_batch % n]
         if bad:
             raise ConfigError(
-                f"strong scaling: the global batch {gb} does not split over {bad[0]} workers; set "
+                f"strong scaling: the global batch {global_batch} does not split over {bad[0]} workers; set "
                 "scale.global_batch to a multiple of every world size"
             )
-    if sc.predict_only and not cluster.device:
+    if scale.predict_only and not cluster.device:
         raise ConfigError(
             "scale.predict_only=true needs a cluster preset to predict for (e.g. cluster=dgx_h100); "
             "cluster=local is calibrated from measured runs"
         )
-    return cfg, sc, cluster
+    return cfg, scale, cluster

@@ -207,20 +207,20 @@ def scaling_curve(p: Profile, c: Cluster, world_sizes: list[int], mode: str,
     (default ``p.batch``) is split over N workers (N must divide it)."""
     if mode not in ("weak", "strong"):
         raise ValueError(f"mode={mode!r} is not allowed; choose one of: weak, strong")
-    gb = global_batch or p.batch
-    base = p if mode == "weak" else p.at_batch(gb)
-    t1 = predict_step(base, c, 1).step_s
-    rate1 = base.batch / t1
+    fixed_global = global_batch or p.batch
+    base = p if mode == "weak" else p.at_batch(fixed_global)
+    one_worker_step = predict_step(base, c, 1).step_s
+    one_worker_rate = base.batch / one_worker_step
     out = []
     for n in world_sizes:
-        if mode == "strong" and gb % n:
-            raise ValueError(f"strong scaling: global batch {gb} is not divisible by {n} workers")
-        prof = base if mode == "weak" else p.at_batch(gb // n)
+        if mode == "strong" and fixed_global % n:
+            raise ValueError(f"strong scaling: global batch {fixed_global} is not divisible by {n} workers")
+        prof = base if mode == "weak" else p.at_batch(fixed_global // n)
         pred = predict_step(prof, c, n)
         rate = n * prof.batch / pred.step_s
         out.append(ScalingPoint(
             world_size=n, mode=mode, batch_per_worker=prof.batch, step_s=pred.step_s,
-            samples_per_s=rate, speedup=rate / rate1, efficiency=rate / (n * rate1),
+            samples_per_s=rate, speedup=rate / one_worker_rate, efficiency=rate / (n * one_worker_rate),
             tflops_per_worker=prof.batch * p.flops_per_sample / pred.step_s / 1e12,
             comm_s=pred.comm_s, comm_exposed_s=pred.comm_exposed_s, compute_s=pred.compute_s,
         ))

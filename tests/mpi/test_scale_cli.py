@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 
 import pytest
 
@@ -64,6 +65,11 @@ def test_measured_study_one_and_two_workers(tmp_path):
     # Both sizes ran twice, interleaved, and their steps were pooled.
     assert sorted(p.name for p in (study / "runs").iterdir() if p.is_dir()) == [
         "weak-n1-r0", "weak-n1-r1", "weak-n2-r0", "weak-n2-r1"]
+    # Every size, one worker included, was started as ddtrain-launch starts a job.
+    for n in (1, 2):
+        command = shlex.split((study / "runs" / f"weak-n{n}-r0.log").read_text().splitlines()[0][2:])
+        assert command[:3] == [mpirun_path(), "-np", str(n)]
+        assert command[command.index("--bind-to"):][:4] == ["--bind-to", "none", "--map-by", "slot"]
     # The model's error against the measured 2-worker step is recorded (how large it is on this
     # machine is a benchmark, launch/bench_scaling_model.py, not a timed unit test).
     meta = json.loads((study / "scaling.json").read_text())["meta"]

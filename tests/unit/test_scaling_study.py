@@ -9,8 +9,9 @@ from ddtrain.launcher.mpirun import child_env, mpirun_argv, srun_argv
 from ddtrain.perf.peak import datasheet_peak_for
 from ddtrain.scaling.cli import study_overrides
 from ddtrain.scaling.config import ScaleConfig, parse_study
+from ddtrain.scaling.measure import Launcher, percentile, summarise, trimmed_per_step
 from ddtrain.scaling.model import Cluster, allreduce_time
-from ddtrain.scaling.study import Launcher, local_cluster, percentile, summarise, trimmed_per_step
+from ddtrain.scaling.study import local_cluster
 
 
 def _raw(scale=None, cluster=None, **train):
@@ -33,6 +34,8 @@ def test_study_config_defaults_and_errors():
         ({}, {"algorithm": "mesh"}, "cluster.algorithm"),
         ({}, {"cv": -1}, "cluster.cv"),
         ({}, {"gpus_per_node": "eight"}, "cluster.gpus_per_node"),
+        ({"mpi": "lam"}, {}, "scale.mpi='lam' is not allowed"),
+        ({"launcher": "srun", "hostfile": "hosts"}, {}, "scale.hostfile='hosts' is for mpirun"),
     ]
     for scale, cl, message in cases:
         with pytest.raises(ConfigError, match=message):
@@ -70,7 +73,8 @@ def test_launch_commands_are_exact():
         "mpirun", "-np", "8", "--hostfile", "hosts", "--bind-to", "none", *prog]
     assert srun_argv(16, prog, extra=["--mpi=pmix"]) == ["srun", "--ntasks=16", "--mpi=pmix", *prog]
     srun = Launcher(ScaleConfig(launcher="srun"))
-    assert srun.argv(4, prog) == ["srun", "--ntasks=4", *prog]
+    # A study's srun workers get the srun flags every ddtrain job step gets (launcher.policy).
+    assert srun.argv(4, prog) == ["srun", "--ntasks=4", "--kill-on-bad-exit=1", "--mpi=none", *prog]
     with pytest.raises(ValueError):
         mpirun_argv(0, prog)
 

@@ -1,0 +1,156 @@
+"""The rows of a scaling report: one per (mode, kind, world size), predicted by the model or
+measured here, with throughput, speedup, efficiency and fraction of peak from one definition.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ddtrain.config import TrainConfig
+from ddtrain.perf.mfu import fraction_of_peak
+from ddtrain.perf.peak import Peak
+from ddtrain.scaling.config import ScaleConfig
+from ddtrain.scaling.measure import per_worker_batch
+from ddtrain.scaling.model import Cluster, Profile, predict_step
+from ddtrain.scaling.profile import profile_worker
+
+log = logging.getLogger("ddtrain")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Point:
+    """One row's inputs: a step time at a world size, and the one-worker rate it is compared to."""
+
+    mode: str  # weak | strong
+    kind: str  # predicted | measured
+    world_size: int
+    batch_per_worker: int
+    step_time_s: float
+    one_worker_rate: float  # samples/s of one worker, of the same kind: speedup's denominator
+    flops_per_sample: float
+    peak: Peak  # per worker
+    cluster: str
+    step_time_p90_s: float | None = None
+    compute_s: float | None = None
+    comm_exposed_s: float | None = None
+    data_s: float | None = None
+    comm_total_s: float | None = None
+
+    def row(self) -> dict:
+        n, batch, step = self.world_size, self.batch_per_worker, self.step_time_s
+        rate = n * batch / step
+        achieved = batch * self.flops_per_sample / step  # per worker
+        return {
+            "mode": self.mode, "kind": self.kind, "world_size": n, "batch_per_worker": batch,
+            "global_batch": n * batch, "step_time_s": step, "step_time_p90_s": self.step_time_p90_s,
+            "compute_s": self.compute_s, "comm_exposed_s": self.comm_exposed_s, "data_s": self.data_s,
+            "comm_total_s": self.comm_total_s, "samples_per_s": rate,
+            "speedup": rate / self.one_worker_rate, "scaling_efficiency": rate / (n * self.one_worker_rate),
+            "tflops_per_worker": achieved / 1e12, "tflops_total": n * achieved / 1e12,
+            "fraction_of_peak": fraction_of_peak(achieved, self.peak),
+            "peak_tflops": self.peak.flops / 1e12, "peak_source": self.peak.label, "cluster": self.cluster,
+        }
+
+
+@dataclass
+class Profiles:
+    """The model's compute inputs: one worker profiled in this process, once per distinct batch.
+
+    A mode's own one-worker run, when measured, replaces the profile's times at that batch;
+    ``transfer`` carries compute to another device at the fraction of peak measured here.
+    """
+
+    cfg: TrainConfig
+    device: torch.device
+    fixed_batches: dict[str, int]
+    measured: dict[tuple[str, int], dict]
+    transfer: float = 1.0
+    overlap: bool = True  # False: communication cannot hide behind compute (no spare core)
+    by_batch: dict[int, Profile] = field(default_factory=dict)
+
+    def profile(self, batch: int, mode: str) -> Profile:
+        if batch not in self.by_batch:
+            log.info("profiling one worker at batch %d ...", batch)
+            self.by_batch[batch] = profile_worker(self.cfg, batch, self.device)
+        p = self.by_batch[batch]
+        one = self.measured.get((mode, 1))
+        if one is not None and batch == self.fixed_batches[mode]:
+            p = from_measured_run(p, one)
+        if not self.overlap:
+            p = replace(p, overlap=False)
+        return p.scaled_compute(self.transfer) if self.transfer != 1.0 else p
+
+
+def from_measured_run(p: Profile, run: dict) -> Profile:
+    """The in-process profile gives the bucket ready points and the forward/backward split; the
+    real one-worker run (launched like every other size, over more steps) gives the times."""
+    scale = run["compute_s"] / p.compute_s
+    return replace(p, forward_s=p.forward_s * scale, backward_s=p.backward_s * scale,
+                   optimizer_s=run["optimizer_s"], data_s=run["data_s"], cv=run["cv"])
+
+
+def predicted_points(scale: ScaleConfig, mode: str, profiles: Profiles, cluster: Cluster,
+                     peak: Peak) -> list[Point]:
+    """The model's step at every size to predict; sizes a strong global batch does not split
+    over are left out."""
+    global_batch = profiles.fixed_batches[mode]
+    sizes = [n for n in scale.sizes_to_predict() if mode == "weak" or global_batch % n == 0]
+    one_worker_batch = per_worker_batch(profiles.fixed_batches, mode, 1)
+    base = profiles.profile(one_worker_batch, mode)
+    one_worker_step = predict_step(base, cluster, 1).step_s
+    points = []
+    for n in sizes:
+        batch = per_worker_batch(profiles.fixed_batches, mode, n)
+        pred = predict_step(profiles.profile(batch, mode), cluster, n)
+        points.append(Point(mode=mode, kind="predicted", world_size=n, batch_per_worker=batch,
+                            step_time_s=pred.step_s, one_worker_rate=one_worker_batch / one_worker_step,
+                            flops_per_sample=base.flops_per_sample, peak=peak, cluster=cluster.name,
+                            compute_s=pred.compute_s, comm_exposed_s=pred.comm_exposed_s,
+                            comm_total_s=pred.comm_s))
+    return points
+
+
+def measured_points(scale: ScaleConfig, mode: str, profiles: Profiles, flops_per_sample: float,
+                    peak: Peak) -> list[Point]:
+    """One point per measured size of ``mode``; none when its one-worker run was not measured."""
+    fixed_batches, measured = profiles.fixed_batches, profiles.measured
+    if (mode, 1) not in measured:
+        return []
+    one_worker_batch = per_worker_batch(fixed_batches, mode, 1)
+    one_worker_rate = one_worker_batch / measured[(mode, 1)]["step_time_s"]
+    points = []
+    for n in scale.world_sizes:
+        m = measured[(mode, n)]
+        points.append(Point(mode=mode, kind="measured", world_size=n,
+                            batch_per_worker=per_worker_batch(fixed_batches, mode, n),
+                            step_time_s=m["step_time_s"], one_worker_rate=one_worker_rate,
+                            flops_per_sample=flops_per_sample, peak=peak, cluster="this machine",
+                            step_time_p90_s=m["step_time_p90_s"], compute_s=m["compute_s"],
+                            comm_exposed_s=m["comm_exposed_s"], data_s=m["data_s"]))
+    return points
+
+
+def study_rows(scale: ScaleConfig, profiles: Profiles, cluster: Cluster, predicted_peak: Peak,
+               measured_peak: Peak) -> list[dict]:
+    """Every mode's predicted and measured rows, sorted by (mode, kind, world size). Both kinds
+    count a sample's FLOPs from the same one-worker profile."""
+    points = []
+    for mode in scale.modes:
+        points += predicted_points(scale, mode, profiles, cluster, predicted_peak)
+        one_worker_batch = per_worker_batch(profiles.fixed_batches, mode, 1)
+        flops = profiles.profile(one_worker_batch, mode).flops_per_sample
+        points += measured_points(scale, mode, profiles, flops, measured_peak)
+    rows = [p.row() for p in points]
+    rows.sort(key=lambda r: (r["mode"], r["kind"], r["world_size"]))
+    return rows
+
+
+def model_error(rows: list[dict]) -> dict[str, float]:
+    """Predicted over measured step time, minus 1, at every measured (mode, size)."""
+    predicted = {(r["mode"], r["world_size"]): r for r in rows if r["kind"] == "predicted"}
+    return {f"{r['mode']}-n{r['world_size']}":
+            predicted[(r["mode"], r["world_size"])]["step_time_s"] / r["step_time_s"] - 1
+            for r in rows if r["kind"] == "measured"}

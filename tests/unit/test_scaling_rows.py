@@ -1,0 +1,71 @@
+"""A scaling report's rows from given profiles and measurements: the definitions of each
+column, which profile a mode's rows use, and the model's error against measurement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddtrain.config import TrainConfig
+from ddtrain.perf.peak import Peak
+from ddtrain.scaling.config import ScaleConfig
+from ddtrain.scaling.model import Cluster, Profile, predict_step
+from ddtrain.scaling.rows import Point, Profiles, model_error, study_rows
+
+PEAK = Peak(flops=1e12, device="cpu", dtype="fp32", measured=True, source="probe")
+CLUSTER = Cluster("test", "", 8, 10.0, 1.0, 10.0, 1.0)
+
+
+def _profile(batch: int) -> Profile:
+    return Profile(batch=batch, forward_s=0.01 * batch, backward_s=0.02 * batch, optimizer_s=0.01,
+                   data_s=0.001, buckets=(), flops_per_sample=1e8)
+
+
+def test_point_row_follows_the_definitions():
+    row = Point(mode="weak", kind="measured", world_size=2, batch_per_worker=8, step_time_s=0.5,
+                one_worker_rate=20.0, flops_per_sample=1e9, peak=PEAK, cluster="this machine",
+                compute_s=0.4).row()
+    assert row["global_batch"] == 16 and row["samples_per_s"] == 32.0
+    assert row["speedup"] == pytest.approx(1.6) and row["scaling_efficiency"] == pytest.approx(0.8)
+    assert row["tflops_per_worker"] == pytest.approx(8 * 1e9 / 0.5 / 1e12)
+    assert row["tflops_total"] == pytest.approx(2 * row["tflops_per_worker"])
+    assert row["fraction_of_peak"] == pytest.approx(row["tflops_per_worker"])  # a 1 TFLOP/s peak
+    assert row["compute_s"] == 0.4 and row["comm_total_s"] is None and row["cluster"] == "this machine"
+    with pytest.raises(TypeError):
+        Point("weak", "measured", 2, 8, 0.5, 20.0, 1e9, PEAK, "x")  # keywords only
+
+
+def _measured(step: float) -> dict:
+    return {"step_time_s": step, "step_time_p90_s": step * 1.1, "compute_s": step * 0.8,
+            "comm_exposed_s": 0.0, "data_s": 0.001, "optimizer_s": 0.01, "cv": 0.0}
+
+
+def test_study_rows_predict_every_size_and_measure_the_measured_ones():
+    scale = ScaleConfig(world_sizes=(1, 2), predict_to=4)
+    measured = {("weak", 1): _measured(0.3), ("weak", 2): _measured(0.4)}
+    profiles = Profiles(TrainConfig(), torch.device("cpu"), {"weak": 8}, measured,
+                        by_batch={8: _profile(8)})
+    rows = study_rows(scale, profiles, CLUSTER, PEAK, PEAK)
+    assert [(r["kind"], r["world_size"]) for r in rows] == [
+        ("measured", 1), ("measured", 2), ("predicted", 1), ("predicted", 2), ("predicted", 4)]
+    one = rows[0]
+    assert one["speedup"] == 1.0 and one["samples_per_s"] == pytest.approx(8 / 0.3)
+    # The measured one-worker run replaces the profile's compute time: the model starts there.
+    base = profiles.profile(8, "weak")
+    assert base.compute_s == pytest.approx(0.3 * 0.8)
+    assert rows[2]["step_time_s"] == pytest.approx(predict_step(base, CLUSTER, 1).step_s)
+    # Both kinds count a sample's FLOPs from the same profile.
+    assert all(r["tflops_per_worker"] * r["step_time_s"] == pytest.approx(8 * 1e8 / 1e12) for r in rows)
+    errors = model_error(rows)
+    assert list(errors) == ["weak-n1", "weak-n2"]
+    assert errors["weak-n2"] == pytest.approx(rows[3]["step_time_s"] / 0.4 - 1)
+
+
+def test_strong_rows_skip_sizes_the_global_batch_does_not_split_over():
+    scale = ScaleConfig(world_sizes=(1,), mode="strong", predict_to=8, predict_only=True)
+    profiles = Profiles(TrainConfig(), torch.device("cpu"), {"strong": 12}, {},
+                        by_batch={b: _profile(b) for b in (12, 6, 3)}, overlap=False)
+    rows = study_rows(scale, profiles, CLUSTER, PEAK, PEAK)
+    assert [(r["world_size"], r["batch_per_worker"]) for r in rows] == [(1, 12), (2, 6), (4, 3)]
+    assert model_error(rows) == {}
+    assert profiles.profile(6, "strong").overlap is False
