@@ -89,15 +89,19 @@ def _start(argv, env) -> subprocess.Popen:
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _mpirun(n: int, args: list[str]) -> list[str]:
-    from ddtrain.launcher.mpirun import console_script, find_mpirun
+def _start_mpirun(n: int, args: list[str]) -> subprocess.Popen:
+    """N ranks of ddtrain started as ddtrain-launch starts them (the launcher's one policy)."""
+    from ddtrain.launcher.mpirun import console_script
+    from ddtrain.launcher.policy import resolve_target
 
-    extra = ["--oversubscribe"] if n > (os.cpu_count() or 1) else []
-    return [find_mpirun(), "-np", str(n), *extra, console_script("ddtrain"), *args]
+    target = resolve_target("mpirun", environ=os.environ)
+    if target.flavour != "openmpi":  # rank_pids reads Open MPI's rank variable
+        sys.exit(f"bench_faults: needs Open MPI's mpirun, found {target.flavour} ({target.mpirun})")
+    return _start(target.command(n, [console_script("ddtrain"), *args]), target.env)
 
 
 def kill_mpirun(n: int, args: list[str], run_dir: Path, timeout_s: float) -> float:
-    job = _start(_mpirun(n, [*args, f"hydra.run.dir={run_dir}"]), _env())
+    job = _start_mpirun(n, [*args, f"hydra.run.dir={run_dir}"])
     wait_for_step(run_dir, 5, job)
     t0 = time.monotonic()
     os.kill(rank_pids(str(run_dir))[1], signal.SIGKILL)
@@ -137,7 +141,7 @@ def kill_plain(n: int, args: list[str], run_dir: Path, timeout_s: float) -> floa
 def sigterm(n: int, args: list[str], run_dir: Path, timeout_s: float) -> float:
     from ddtrain.ckpt import catalog
 
-    job = _start(_mpirun(n, [*args, f"hydra.run.dir={run_dir}"]), _env())
+    job = _start_mpirun(n, [*args, f"hydra.run.dir={run_dir}"])
     wait_for_step(run_dir, 5, job)
     t0 = time.monotonic()
     for pid in rank_pids(str(run_dir)).values():
@@ -156,6 +160,8 @@ SCENARIOS = {"kill-mpirun": kill_mpirun, "kill-plain": kill_plain, "sigterm": si
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ddtrain.launcher.cores import usable_cpus
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ranks", type=int, default=3)
     ap.add_argument("--trials", type=int, default=3)
@@ -175,9 +181,8 @@ def main(argv: list[str] | None = None) -> None:
                      for i in range(args.trials)]
             print(f"{name}: " + ", ".join(f"{t:.2f} s" for t in times), file=sys.stderr, flush=True)
             rows.append((name, statistics.median(times), max(times)))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"date: {_dt.date.today()}; device: {platform.machine()} CPU, {cores} cores; ranks: {args.ranks}; "
-          f"trials: {args.trials}; comm.timeout_s={args.timeout_s:g}; "
+    print(f"date: {_dt.date.today()}; device: {platform.machine()} CPU, {usable_cpus()} cores; "
+          f"ranks: {args.ranks}; trials: {args.trials}; comm.timeout_s={args.timeout_s:g}; "
           f"command: `python launch/bench_faults.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
     print("\n| scenario | median (s) | worst (s) |\n|---|---|---|")
     for name, med, worst in rows:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ddtrain.launcher.cores import usable_cpus
 from ddtrain.launcher.mpirun import child_env, console_script, running_as_root
 
 
@@ -50,7 +51,7 @@ def main() -> None:
             if r["kind"] == "measured":
                 measured.setdefault(f"{r['mode']}-n{r['world_size']}", []).append(r["step_time_s"])
     print(f"\n{dt.date.today()}, {platform.node()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; `python launch/bench_scaling_model.py --studies {args.studies} -- "
+          f"{usable_cpus()} cores; `python launch/bench_scaling_model.py --studies {args.studies} -- "
           f"{' '.join(args.overrides)}`\n")
     print("| size | measured step (s), per study | model error per study | max abs error |")
     print("|---|---|---|---|")

@@ -176,6 +176,8 @@ def test_sbatch_script_trains_under_srun_in_the_job_directory(tmp_path):
     run_dir = tmp_path / "outputs" / "slurm-4242"  # tied to the job id: a requeue finds it again
     assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3]
     assert "2 rank(s) via slurm" in (run_dir / "train.log").read_text()
+    # The srun line is ddtrain-launch's (launcher.policy), printed before it became srun.
+    assert launched_command(proc.stderr) == ["srun", *(tmp_path / "srun.args").read_text().splitlines()]
     srun_args = (tmp_path / "srun.args").read_text().splitlines()
     assert srun_args[:7] == ["--kill-on-bad-exit=1", "--mpi=none", "--container-image=reg#ddtrain:cuda",
                              "--container-workdir=/w", "ddtrain", "hydra.run.dir=outputs/slurm-4242",
