@@ -8,24 +8,26 @@ import time
 EXIT_BAD_INPUT = 2
 EXIT_JOB_ERROR = 1  # a failure every rank detects alike (replica mismatch, divergence, NaN stop)
 EXIT_PEER_FAILED = 3  # another rank died or raised; this one stopped because of it
-# Under mpirun the first rank to exit gets the others killed. For an error every rank hits
-# alike (a bad override), rank 0 reports it and the others hold back this long so that the
-# report is printed before the launcher tears the job down.
-_QUIET_RANK_DELAY_S = 3.0
+# After an error every rank shares, a rank other than 0 waits this long before it exits: mpirun
+# and torchrun end the whole job when its first rank fails, so rank 0 must be that rank, and exit
+# only after it has printed. The launcher normally ends the wait by stopping the rank as soon as
+# rank 0 has exited; the bound lets a rank that nobody stops exit all the same.
+_QUIET_RANK_WAIT_S = 3.0
 
 
 def report(message: str, rank: int = 0, *, same_on_all_ranks: bool = True) -> None:
     """Print ``ddtrain: error: <message>`` on stderr.
 
     ``same_on_all_ranks``: the error follows from input every rank shares (the config), so only
-    rank 0 says it. Otherwise (a file missing on one node ...) every failing rank says it, tagged.
+    rank 0 says it, and the other ranks wait (``_QUIET_RANK_WAIT_S``) to be stopped after it.
+    Otherwise (a file missing on one node ...) every failing rank says it, tagged.
     """
     if not same_on_all_ranks:
         print(f"ddtrain: error: [rank {rank}] {message}", file=sys.stderr, flush=True)
     elif rank == 0:
         print(f"ddtrain: error: {message}", file=sys.stderr, flush=True)
     else:
-        time.sleep(_QUIET_RANK_DELAY_S)
+        time.sleep(_QUIET_RANK_WAIT_S)
 
 
 def one_line(exc: BaseException, *, typed: bool = True, limit: int = 500) -> str:
