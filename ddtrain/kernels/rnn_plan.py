@@ -81,18 +81,9 @@ def plan_recurrence(
         raise ValueError(f"rnn mm {mm!r} is unknown; choose one of {', '.join(MATMULS)}")
     if hidden < 1 or batch < 1:
         raise ValueError(f"hidden ({hidden}) and batch ({batch}) must be positive")
-    if want == "reference":
-        return Plan("reference", reason="reference path requested")
-    if want == "cudnn":  # torch's own module: cuDNN on CUDA, torch's CPU kernel elsewhere
-        return Plan("cudnn", reason="cudnn requested")
-    if device is None:
-        if want == "auto":
-            return Plan("reference", reason="no CUDA device: plain-torch time loop")
-        raise ValueError(f"rnn path {want!r} needs a CUDA GPU; use path=auto or reference on CPU")
-    if not triton_ok:
-        if want != "auto":
-            raise RuntimeError(f"rnn path {want!r} needs Triton ({triton_reason}); pip install triton")
-        return Plan("cudnn", reason=f"Triton unavailable ({triton_reason}): cuDNN")
+    without_kernels = _without_triton_kernels(want, device, triton_ok, triton_reason)
+    if without_kernels is not None:
+        return without_kernels
 
     min_block = 16 if mm == "dot" else 2  # tl.dot needs 16 columns
     stepwise_block = max(stepwise_block, min_block)
@@ -129,6 +120,24 @@ def plan_recurrence(
         reason=f"persistent: {programs} programs x {block_h} units, {need // KiB} KiB of U each",
         mm=mm,
     )
+
+
+def _without_triton_kernels(want: str, device: Device | None, triton_ok: bool,
+                            triton_reason: str) -> Plan | None:
+    """The plan when the request, the device or Triton rules out the Triton kernels; else None."""
+    if want == "reference":
+        return Plan("reference", reason="reference path requested")
+    if want == "cudnn":  # torch's own module: cuDNN on CUDA, torch's CPU kernel elsewhere
+        return Plan("cudnn", reason="cudnn requested")
+    if device is None:
+        if want == "auto":
+            return Plan("reference", reason="no CUDA device: plain-torch time loop")
+        raise ValueError(f"rnn path {want!r} needs a CUDA GPU; use path=auto or reference on CPU")
+    if not triton_ok:
+        if want != "auto":
+            raise RuntimeError(f"rnn path {want!r} needs Triton ({triton_reason}); pip install triton")
+        return Plan("cudnn", reason=f"Triton unavailable ({triton_reason}): cuDNN")
+    return None
 
 
 def _with_reason(plan: Plan, reason: str) -> Plan:
