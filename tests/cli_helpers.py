@@ -6,14 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from ddtrain.launcher.mpirun import (
-    LauncherNotFound,
-    child_env,
-    console_script,
-    find_mpirun,
-    mpirun_argv,
-    running_as_root,
-)
+from ddtrain.launcher.mpirun import LauncherNotFound, child_env, console_script, find_mpirun, running_as_root
+from ddtrain.launcher.policy import resolve_target
 
 DDTRAIN = console_script("ddtrain")
 
@@ -29,11 +23,14 @@ def clean_env() -> dict[str, str]:
     return child_env(os.environ, is_root=running_as_root())
 
 
+def mpirun_command(np_: int, program: list[str]) -> list[str]:
+    """The argv ddtrain-launch would run: the launch policy's, so tests run ranks as users do."""
+    return resolve_target("mpirun", environ=os.environ, mpi="openmpi").command(np_, program)
+
+
 def run_cli(args: list[str], *, np_: int = 1, cwd: Path | None = None, timeout: float = 300, script=DDTRAIN):
     program = [script, *args]
-    argv = program
-    if np_ > 1:
-        argv = mpirun_argv(np_, program, mpirun=mpirun_path() or "mpirun", slots=os.cpu_count())
+    argv = mpirun_command(np_, program) if np_ > 1 else program
     return subprocess.run(argv, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,8 +1,17 @@
-"""Test tiers: ``gpu`` tests run only where CUDA is visible (the lent device machine); CI has none."""
+"""Test tiers, by folder.
+
+- quick (pure, in-process): ``unit``, ``kernels`` (Triton's CPU interpreter), ``docs``;
+- ``slow`` (they start processes): ``cli``, ``packaging``, ``gloo`` (also ``gloo``), ``mpi``
+  (also ``mpi``);
+- ``gpu``: run only where CUDA is visible (the device machine); CI has none.
+
+``bash tests/run.sh -m "not slow"`` is the quick tier; ``bash tests/run.sh`` runs everything.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,11 +22,26 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+TESTS = Path(__file__).resolve().parent
+FOLDER_MARKS = {
+    "unit": (), "kernels": (), "docs": (),
+    "cli": ("slow",), "packaging": ("slow",), "gloo": ("gloo", "slow"), "mpi": ("mpi", "slow"),
+    "gpu": ("gpu",),
+}
+
+
+def folder_of(path: Path) -> str:
+    return path.resolve().relative_to(TESTS).parts[0]
+
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_gpu = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        folder = folder_of(Path(item.fspath))
+        if folder not in FOLDER_MARKS:
+            raise pytest.UsageError(f"tests/{folder} is not a known tier; add it to FOLDER_MARKS in "
+                                    "tests/conftest.py (and pyproject's markers if it needs a new one)")
+        for mark in FOLDER_MARKS[folder]:
+            item.add_marker(mark)
+        if skip_gpu is not None and item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip_gpu)

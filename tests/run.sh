@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Install ddtrain with its test extras into .venv and run the whole test suite
-# (unit, multi-rank Gloo, real mpirun, CLI; GPU tests skip themselves without a GPU).
+# Install ddtrain with its test extras into .venv and run the test suite.
+#   bash tests/run.sh                  everything (unit, kernels, docs, CLI, Gloo ranks, real mpirun)
+#   bash tests/run.sh -m "not slow"    the quick tier: pure, in-process tests only
 #   bash tests/run.sh [pytest arguments]
-# TORCH=...   pip requirement for torch (default: torch; e.g. TORCH=torch==2.13.0 for a local CPU build)
+# GPU tests skip themselves without a GPU.
+# TORCH=...   pip arguments for torch (default: torch), e.g. TORCH=torch==2.13.0, or
+#             TORCH="torch --index-url https://download.pytorch.org/whl/cpu" for the CPU-only wheel
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "${TORCH:-torch}"
+# Unquoted on purpose: TORCH may hold a requirement and pip options (an index URL).
+# shellcheck disable=SC2086
+.venv/bin/python -m pip install -q ${TORCH:-torch}
 .venv/bin/python -m pip install -q -e '.[dev]'
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

