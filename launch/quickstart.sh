@@ -3,15 +3,21 @@
 # (ddtrain-launch -n 2: mpirun with ddtrain's flags; Gloo on CPU or NCCL on GPUs) that writes
 # metrics.jsonl and TensorBoard files.
 #   bash launch/quickstart.sh [extra Hydra overrides]
-# TORCH=...   pip requirement for torch (default: torch; e.g. TORCH=torch==2.13.0 for a local CPU build)
+# TORCH=...   pip arguments for torch (default: torch), e.g. TORCH=torch==2.13.0, or
+#             TORCH="torch --index-url https://download.pytorch.org/whl/cpu" for the CPU-only wheel
 # PYTHON=...  interpreter to build the venv with (default: python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "${TORCH:-torch}"
-.venv/bin/python -m pip install -q -e .
+# Unquoted on purpose: TORCH may hold a requirement and pip options (an index URL).
+# shellcheck disable=SC2086
+.venv/bin/python -m pip install -q ${TORCH:-torch}
+# A regular install, not an editable one: setuptools prints a notice for every editable install
+# of a package whose folders are mapped (configs/ ships as ddtrain.configs). tests/run.sh installs
+# editable, for development.
+.venv/bin/python -m pip install -q .
 
 run_dir="outputs/quickstart-$(date +%Y-%m-%d_%H-%M-%S)"
 .venv/bin/ddtrain-launch -n 2 -- +experiment=quickstart "hydra.run.dir=$run_dir" "$@"
