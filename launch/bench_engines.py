@@ -24,24 +24,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ddtrain.launcher.mpirun import (
-    LauncherNotFound,
-    child_env,
-    console_script,
-    find_mpirun,
-    launch_argv,
-    running_as_root,
-)
+from ddtrain.launcher.flavour import LaunchError
+from ddtrain.launcher.mpirun import child_env, console_script, running_as_root
+from ddtrain.launcher.policy import resolve_target
 
 ENGINES = ("ddtrain", "torch_ddp")
 
 
 def launcher(np_: int, program: list[str]) -> list[str]:
+    """Every size goes through mpirun, one rank too, with ddtrain-launch's flags: both engines
+    then run exactly as a user's job does."""
     try:
-        mpirun = find_mpirun() if np_ > 1 else "mpirun"
-    except LauncherNotFound as e:
+        return resolve_target("mpirun", environ=os.environ).command(np_, program)
+    except LaunchError as e:
         sys.exit(f"bench_engines: {e}")
-    return launch_argv("mpirun", np_, program, mpirun=mpirun, slots=os.cpu_count())
 
 
 def one_run(np_: int, model: str, engine: str, args, extra: list[str], workdir: Path) -> list[dict]:

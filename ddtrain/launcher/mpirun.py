@@ -60,15 +60,6 @@ def srun_argv(np_: int | None, program: Sequence[str], *, extra: Sequence[str] =
     return ["srun", *ntasks, *extra, *program]
 
 
-def launch_argv(launcher: str, np_: int, program: Sequence[str], **kw) -> list[str]:
-    """One worker runs the program directly; more go through ``launcher`` (mpirun | srun)."""
-    if launcher == "mpirun":
-        return mpirun_argv(np_, program, **kw) if np_ > 1 else list(program)
-    if launcher == "srun":
-        return srun_argv(np_, program, extra=kw.get("extra", ()))
-    raise ValueError(f"launcher={launcher!r} is not allowed; choose one of: mpirun, srun")
-
-
 def child_env(environ: Mapping[str, str], *, is_root: bool, launcher: str = "mpirun") -> dict[str, str]:
     """The environment for a freshly launched job: the caller's, minus any outer launcher's
     per-rank variables, plus Open MPI's two root switches when running as root (containers).

@@ -73,12 +73,7 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
             bwd.append(t3 - t2)
             opt.append(t4 - t3)
             total.append(t4 - t0)
-            span = max(t3 - t2, 1e-12)
-            # A bucket is ready when its last gradient is. On CUDA the hook fires when the host
-            # reaches it, which runs ahead of the GPU, so these fractions are early: the model
-            # then hides a little more communication than the GPU would.
-            ready.append([min(1.0, max(0.0, (max(seen.get(i, t3) for i in m) - t2) / span))
-                          for m in plan.members])
+            ready.append(ready_fractions(seen, plan.members, t2, t3))
     finally:
         for h in handles:
             h.remove()
@@ -92,6 +87,17 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
         batch=batch, forward_s=med(fwd), backward_s=med(bwd), optimizer_s=med(opt), data_s=med(data),
         buckets=buckets, flops_per_sample=float(model.flops_per_sample()), cv=cv,
     )
+
+
+def ready_fractions(seen: dict[int, float], members, backward_start: float,
+                    backward_end: float) -> list[float]:
+    """When each bucket became ready, as a fraction of backward: a bucket is ready when its last
+    gradient is. On CUDA the hook fires when the host reaches it, which runs ahead of the GPU,
+    so these fractions are early: the model then hides a little more communication than the
+    GPU would."""
+    span = max(backward_end - backward_start, 1e-12)
+    return [min(1.0, max(0.0, (max(seen.get(i, backward_end) for i in m) - backward_start) / span))
+            for m in members]
 
 
 def main(argv: list[str] | None = None) -> None:
