@@ -119,9 +119,18 @@ def _unknown_key(key: str, config_name: str, overrides: list[str]) -> str:
     return f"{key} is not a key of {chosen}{hint}; its keys are: {', '.join(keys)}"
 
 
+def compose_config(overrides: list[str], config_name: str = "train") -> dict:
+    """The config that ``ddtrain overrides...`` runs, as plain data (Hydra's own keys left out).
+    Raises Hydra's errors; ``from_mapping`` of the result gives the typed, validated config."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 def preflight(argv: list[str], config_name: str = "train", validate=from_mapping) -> None:
     """Compose and validate the config the way the job will, and fail in one line if it is bad."""
-    from hydra import compose, initialize_config_module
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(argv)
@@ -130,9 +139,7 @@ def preflight(argv: list[str], config_name: str = "train", validate=from_mapping
     config_name = args.config_name or config_name
     try:
         _launch_env()
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name, overrides=args.overrides)
-        validate(OmegaConf.to_container(cfg, resolve=True))
+        validate(compose_config(args.overrides, config_name))
     except LaunchEnvError as e:
         _fail(str(e))
     except Exception as e:  # a bad value (ConfigError), or Hydra's composition errors

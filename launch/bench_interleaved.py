@@ -24,20 +24,15 @@ import sys
 import time
 
 import torch
-from omegaconf import OmegaConf
 
 ENGINES = ("ddtrain", "torch_ddp")
 
 
 def load_config(overrides: list[str]):
-    from hydra import compose, initialize_config_module
-
-    import ddtrain.cli  # noqa: F401  (registers the resolvers the config refers to)
+    from ddtrain.cli import compose_config
     from ddtrain.config import from_mapping
 
-    with initialize_config_module("ddtrain.configs", version_base="1.3"):
-        raw = compose("train", overrides=overrides)
-    return from_mapping(OmegaConf.to_container(raw, resolve=True))
+    return from_mapping(compose_config(overrides))
 
 
 def quantile(values: list[float], q: float) -> float:

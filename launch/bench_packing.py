@@ -18,7 +18,7 @@ scalar path. The "vector %" column is the share of elements on the 16-byte vecto
 
 Two times per method, each the median of --reps samples taken with CUDA events:
   * gpu:  the call is queued behind a sleep kernel, so the GPU runs it without waiting for the
-          host: the device's own cost. The goal of issue 4 is stated on this one.
+          host: the device's own cost. The packing goal is stated on this one.
   * loop: back-to-back calls, no sleep: per call, host overhead included where it exceeds the
           GPU time (Python, validation and launch latency: K launches for per-tensor copies).
 

@@ -10,7 +10,7 @@ with CUDA events: forward only (no grad), and forward+backward. Reported per row
   * that rate as a fraction of the device's datasheet peak for the dtype (ddtrain.perf.peak; a
     GPU missing from the table is probed), and which path ran, with its reason.
 
-    python launch/bench_rnn.py                                   # the full grid of issue 4
+    python launch/bench_rnn.py                                   # the full grid
     python launch/bench_rnn.py --cells gru --hidden 1024 --batches 4 --steps 256 --dtypes bf16
     python launch/bench_rnn.py --out rnn.json --markdown rnn.md  # keep the results
 

@@ -34,6 +34,21 @@ def run_cli(args: list[str], *, np_: int = 1, cwd: Path | None = None, timeout: 
     return subprocess.run(argv, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def train_in_process(overrides: list[str], run_dir: Path):
+    """What ``ddtrain overrides... hydra.run.dir=run_dir`` trains on one process, trained in this
+    one: the same composed config and trainer, without a new interpreter's start-up."""
+    from ddtrain.cli import compose_config
+    from ddtrain.config import from_mapping
+    from ddtrain.dist.env import detect_launch_env
+    from ddtrain.dist.group import init_distributed
+    from ddtrain.trainer import train
+
+    cfg = from_mapping(compose_config(overrides))
+    ctx = init_distributed(detect_launch_env({}), backend=cfg.comm.backend, device=cfg.trainer.device,
+                           timeout_s=cfg.comm.timeout_s)
+    return train(cfg, ctx, run_dir)
+
+
 def run_launch_script(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``launch/<name>`` with this interpreter (benchmark scripts are not console scripts)."""
     import sys

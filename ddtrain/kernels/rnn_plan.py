@@ -21,7 +21,7 @@ from ddtrain.config import RNN_PATHS as PATHS  # the names model.path accepts; c
 
 KiB = 1024
 # Share of the register file the weight slice may take; the rest holds h, partial sums, pointers.
-# Not tuned on hardware yet (no GPU was lent to issue 4): change it with `onchip_fraction`.
+# A starting value, not a tuned one: change it with `onchip_fraction`.
 ONCHIP_FRACTION = 0.75
 MAX_PERSISTENT_BATCH = 64  # beyond this the step is a real GEMM and cuDNN's tiling wins
 MATMULS = ("fma", "dot")

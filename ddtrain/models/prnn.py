@@ -1,4 +1,4 @@
-"""A DeepSpeech-like acoustic model whose recurrent layers are persistent kernels (issue 4).
+"""A DeepSpeech-like acoustic model whose recurrent layers are persistent kernels.
 
 frames [B, T, F] -> ``conv_layers`` x (Conv1d over time, stride 1, 'same' padding, clipped ReLU)
 -> ``layers`` recurrent layers (PersistentGRU, or PersistentRNN with relu/tanh) -> a Linear to

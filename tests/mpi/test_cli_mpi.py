@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.cli_helpers import mpirun_path, run_cli
+from tests.cli_helpers import mpirun_path, run_cli, train_in_process
 
 pytestmark = [
     pytest.mark.mpi,
@@ -32,18 +32,18 @@ COMMON = [
 B = 4
 
 
-def train_cli(tmp_path, name, world, batch):
-    run_dir = tmp_path / f"{name}-{world}"
-    args = [f"model={name}", *TINY[name], *COMMON, f"data.batch_size={batch}", f"hydra.run.dir={run_dir}"]
-    proc = run_cli(args, np_=world)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc
+def model_args(name, batch):
+    return [f"model={name}", *TINY[name], *COMMON, f"data.batch_size={batch}"]
 
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_mpirun_two_ranks_equals_one_rank_with_twice_the_batch(tmp_path, name):
-    dist_dir, proc = train_cli(tmp_path, name, world=2, batch=B)
-    ref_dir, _ = train_cli(tmp_path, name, world=1, batch=2 * B)
+    dist_dir, ref_dir = tmp_path / f"{name}-2", tmp_path / f"{name}-1"
+    proc = run_cli([*model_args(name, B), f"hydra.run.dir={dist_dir}"], np_=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The reference: one process with the global batch, the same config trained in this process
+    # (a second console-script start would only repeat the start-up that the 2-rank job covers).
+    train_in_process(model_args(name, 2 * B), ref_dir)
     assert "2 rank(s) via openmpi, backend gloo" in proc.stderr
     got = torch.load(dist_dir / "model.pt", weights_only=True)
     want = torch.load(ref_dir / "model.pt", weights_only=True)

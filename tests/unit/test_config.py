@@ -6,10 +6,9 @@ import dataclasses
 from importlib import resources
 
 import pytest
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import ddtrain.cli  # noqa: F401  (registers the resolvers that configs/train.yaml uses under hydra:)
+from ddtrain.cli import compose_config
 from ddtrain.config import (
     CommConfig,
     ConfigError,
@@ -189,9 +188,7 @@ def test_flat_dict_has_one_dotted_scalar_per_field():
 
 # --------------------------------------------------------------------------- shipped YAML
 def composed(overrides: list[str]) -> TrainConfig:
-    with initialize_config_module("ddtrain.configs", version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    return from_mapping(OmegaConf.to_container(cfg, resolve=True))
+    return from_mapping(compose_config(overrides))
 
 
 def test_the_groups_hold_every_model():

@@ -68,7 +68,8 @@ def test_a_stop_forces_a_record_off_the_cadence():
 
 
 def test_rates_follow_from_step_time_and_workload():
-    proc, clock, writer = processor(Workload(samples_per_step=64, flops_per_sample=2e9, tokens_per_sample=128))
+    workload = Workload(samples_per_step=64, flops_per_sample=2e9, tokens_per_sample=128)
+    proc, clock, writer = processor(workload)
     run_steps(proc, clock, 3)
     r = writer.records[0]
     assert r["step_time_s"] == pytest.approx(0.5)

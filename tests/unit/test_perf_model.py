@@ -141,8 +141,8 @@ def test_cluster_presets_load_and_bad_values_are_named():
 # ----------------------------------------------------------------------------- validation
 # (a) Diamos et al., "Persistent RNNs: Stashing Recurrent Weights On-Chip", ICML 2016: a
 # speech RNN trained with persistent kernels at minibatch 4 per GPU on TITAN X (Maxwell) GPUs
-# kept 31% of peak on 1 GPU and 28% at 128 GPUs (figures as given in our issue #3 / project
-# brief). Peak: 6.14 TFLOP/s, the paper's ("2.8 TFLOP/s ... about 45% of theoretical peak").
+# kept 31% of peak on 1 GPU and 28% at 128 GPUs (figures as quoted in the
+# project brief). Peak: 6.14 TFLOP/s, the paper's ("2.8 TFLOP/s ... about 45% of theoretical peak").
 # Not in the text available to us, so ASSUMED: 7 recurrent layers of 1152 units (the persistent
 # kernel's maximum layer size on TITAN X, per github.com/baidu-research/persistent-rnn), plain
 # RNN (the kernel supports no GRU/LSTM), 300 time steps per utterance, fp32 gradients,
