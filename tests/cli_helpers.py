@@ -34,19 +34,33 @@ def run_cli(args: list[str], *, np_: int = 1, cwd: Path | None = None, timeout: 
     return subprocess.run(argv, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def train_in_process(overrides: list[str], run_dir: Path):
-    """What ``ddtrain overrides... hydra.run.dir=run_dir`` trains on one process, trained in this
-    one: the same composed config and trainer, without a new interpreter's start-up."""
+def _train_composed(ctx, overrides: list[str], run_dir: Path | None):
     from ddtrain.cli import compose_config
     from ddtrain.config import from_mapping
-    from ddtrain.dist.env import detect_launch_env
-    from ddtrain.dist.group import init_distributed
     from ddtrain.trainer import train
 
-    cfg = from_mapping(compose_config(overrides))
-    ctx = init_distributed(detect_launch_env({}), backend=cfg.comm.backend, device=cfg.trainer.device,
-                           timeout_s=cfg.comm.timeout_s)
-    return train(cfg, ctx, run_dir)
+    train(from_mapping(compose_config(overrides)), ctx, run_dir)  # every rank, as the CLI: rank 0 writes
+
+
+def train_in_process(overrides: list[str], run_dir: Path, *, world: int = 1) -> None:
+    """What ``ddtrain overrides... hydra.run.dir=run_dir`` trains on ``world`` ranks, without
+    starting a console script: the same composed config and trainer, on this process (world 1)
+    or on Gloo ranks forked from the test harness's warm forkserver."""
+    if world > 1:
+        from tests.gloo.harness import run_ranks
+
+        run_ranks(world, _train_composed, list(overrides), run_dir)
+        return
+    from ddtrain.dist.env import detect_launch_env
+    from ddtrain.dist.group import DistContext
+
+    _train_composed(DistContext(detect_launch_env({}), torch_cpu(), None), list(overrides), run_dir)
+
+
+def torch_cpu():
+    import torch
+
+    return torch.device("cpu")
 
 
 def run_launch_script(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

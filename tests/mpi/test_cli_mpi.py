@@ -36,11 +36,32 @@ def model_args(name, batch):
     return [f"model={name}", *TINY[name], *COMMON, f"data.batch_size={batch}"]
 
 
+@pytest.fixture(scope="module")
+def two_rank_job(tmp_path_factory):
+    """Each model's ``mpirun -np 2 ddtrain`` job, started once and read by every test that checks
+    it. It runs in a directory of its own with the default ``hydra.run.dir``."""
+    jobs = {}
+
+    def job(name):
+        if name not in jobs:
+            cwd = tmp_path_factory.mktemp(f"{name}-2")
+            proc = run_cli(model_args(name, B), np_=2, cwd=cwd)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            jobs[name] = cwd, proc
+        return jobs[name]
+
+    return job
+
+
+def run_dirs_under(cwd):
+    return [p.parent for p in (cwd / "outputs").rglob("metrics.jsonl")]
+
+
 @pytest.mark.parametrize("name", list(TINY))
-def test_mpirun_two_ranks_equals_one_rank_with_twice_the_batch(tmp_path, name):
-    dist_dir, ref_dir = tmp_path / f"{name}-2", tmp_path / f"{name}-1"
-    proc = run_cli([*model_args(name, B), f"hydra.run.dir={dist_dir}"], np_=2)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_mpirun_two_ranks_equals_one_rank_with_twice_the_batch(tmp_path, two_rank_job, name):
+    cwd, proc = two_rank_job(name)
+    (dist_dir,) = run_dirs_under(cwd)
+    ref_dir = tmp_path / f"{name}-1"
     # The reference: one process with the global batch, the same config trained in this process
     # (a second console-script start would only repeat the start-up that the 2-rank job covers).
     train_in_process(model_args(name, 2 * B), ref_dir)
@@ -70,13 +91,12 @@ def test_prnn_preset_learns_on_two_ranks(tmp_path):
     assert last < 0.6 * first, (first, last)
 
 
-def test_one_run_directory_for_all_ranks_and_only_rank0_writes(tmp_path):
-    proc = run_cli([*TINY["mlp"], *COMMON], np_=2, cwd=tmp_path)  # default hydra.run.dir
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dirs = [p.parent for p in (tmp_path / "outputs").rglob("metrics.jsonl")]
+def test_one_run_directory_for_all_ranks_and_only_rank0_writes(two_rank_job):
+    cwd, _ = two_rank_job("mlp")  # default hydra.run.dir
+    run_dirs = run_dirs_under(cwd)
     assert len(run_dirs) == 1, run_dirs
     (run_dir,) = run_dirs
-    all_dirs = [p for p in (tmp_path / "outputs").rglob("*") if p.is_dir() and p.name != "tb"]
+    all_dirs = [p for p in (cwd / "outputs").rglob("*") if p.is_dir() and p.name != "tb"]
     assert set(all_dirs) <= {run_dir, run_dir / ".hydra", run_dir / "checkpoints", run_dir.parent}, all_dirs
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000003.ckpt"]  # the final one
