@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ddtrain.config import ConfigError
@@ -116,3 +118,33 @@ def test_target_device_peak_follows_precision_and_device():
     assert datasheet_peak_for("titanx_maxwell", "fp32").dtype == "fp32"
     with pytest.raises(Exception, match="no datasheet peak"):
         datasheet_peak_for("NVIDIA A10G", "bf16")
+
+
+def test_repeated_runs_are_interleaved_and_their_steps_pooled(monkeypatch, tmp_path):
+    # Two passes over sizes 1 and 2: the second pass runs them in reverse order, every run keeps
+    # its own directory, and each size's statistics pool the measured steps of both of its runs.
+    import json
+    import subprocess
+
+    from ddtrain.scaling import measure as study_measure
+    from ddtrain.scaling.measure import TrainingRuns
+
+    launched = []
+
+    def run(argv, **kw):
+        run_dir = Path(next(a for a in argv if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        launched.append(run_dir.name)
+        run_dir.mkdir(parents=True)
+        times = [10.0, 10.0] + [float(len(launched))] * 3  # 2 warm-up steps, then 3 measured
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"per_step": {"step_time_s": times}}) + "\n")
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(study_measure.subprocess, "run", run)
+    scale = ScaleConfig(world_sizes=(1, 2), repeats=2, warmup_steps=2, steps=3, mpi="openmpi")
+    runs = TrainingRuns(scale, Launcher(scale, {}), ["model=mlp"], 1, tmp_path / "study")
+    pooled = runs.measure_all({"weak": 8})
+    assert launched == ["weak-n1-r0", "weak-n2-r0", "weak-n2-r1", "weak-n1-r1"]
+    assert pooled[("weak", 1)]["per_step"]["step_time_s"] == [1.0, 1.0, 1.0, 4.0, 4.0, 4.0]
+    assert pooled[("weak", 2)]["per_step"]["step_time_s"] == [2.0, 2.0, 2.0, 3.0, 3.0, 3.0]
+    passes = [json.loads(line)["pass"] for line in (tmp_path / "study" / "measurements.jsonl").open()]
+    assert passes == [0, 0, 1, 1]  # every finished run is recorded
