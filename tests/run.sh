@@ -3,7 +3,7 @@
 #   bash tests/run.sh                  everything (unit, kernels, docs, CLI, Gloo ranks, real mpirun)
 #   bash tests/run.sh -m "not slow"    the quick tier: pure, in-process tests only
 #   bash tests/run.sh [pytest arguments]
-# GPU tests skip themselves without a GPU.
+# GPU tests skip themselves without a GPU. TEST_WORKERS=N sets the parallel workers (0: serial).
 # TORCH=...   pip arguments for torch (default: torch), e.g. TORCH=torch==2.13.0, or
 #             TORCH="torch --index-url https://download.pytorch.org/whl/cpu" for the CPU-only wheel
 set -euo pipefail
@@ -16,5 +16,9 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q ${TORCH:-torch}
 .venv/bin/python -m pip install -q -e '.[dev]'
 
+# Tests run in parallel workers, one more than the usable CPUs (at most 8): the slow ones spend
+# part of their time waiting on launched processes. Each test module stays on one worker
+# (--dist loadscope), so a job that several tests read is started once. TEST_WORKERS=0: serial.
+workers=${TEST_WORKERS:-$(( $(nproc) + 1 > 8 ? 8 : $(nproc) + 1 ))}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q -n "$workers" --dist loadscope "$@"

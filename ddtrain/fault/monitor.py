@@ -190,7 +190,10 @@ class PeerMonitor:
     def _hub_loop(self) -> None:
         sel = selectors.DefaultSelector()
         for conn in self._peers.values():
-            sel.register(conn.sock, selectors.EVENT_READ, conn)
+            try:
+                sel.register(conn.sock, selectors.EVENT_READ, conn)
+            except (ValueError, OSError):
+                pass  # close() ran before this thread started: the job is ending, nothing to hear
         last_ping = 0.0
         while not self._closing.is_set() and self.lost is None:
             for key, _ in sel.select(timeout=min(0.2, self.ping_s)):
