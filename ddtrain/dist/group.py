@@ -88,8 +88,8 @@ def shutdown(ctx: DistContext) -> None:
     The barrier means no collective is in flight. The gc pass matters too: gradient hooks (the
     reducer's, DDP's) sit in reference cycles, and an engine freed only by interpreter
     finalisation takes the Gloo group with it then; a Gloo worker releasing a Python-owned
-    tensor at that point needs the GIL and aborts the process ("terminate called without an
-    active exception"; seen here 3 times in about 45 mpirun jobs).
+    tensor at that point needs the GIL and can abort the process ("terminate called without an
+    active exception").
     """
     if ctx.backend is None or not dist.is_initialized():
         return
