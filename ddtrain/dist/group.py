@@ -34,6 +34,10 @@ class DistContext:
         return self.env.rank
 
     @property
+    def local_rank(self) -> int:
+        return self.env.local_rank
+
+    @property
     def world_size(self) -> int:
         return self.env.world_size
 

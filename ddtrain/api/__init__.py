@@ -1,0 +1,11 @@
+"""ddtrain from Python: start the job, wrap your model, train with your own loop.
+
+``init()`` reads the launcher's environment and starts the process group once;
+``DataParallel(module)`` averages gradients with ddtrain's overlapped reducer, so a loop written
+for torch's DistributedDataParallel runs unchanged; ``shutdown()`` tears the group down.
+"""
+
+from ddtrain.api.context import init, shutdown
+from ddtrain.api.data_parallel import DataParallel
+
+__all__ = ["DataParallel", "init", "shutdown"]
