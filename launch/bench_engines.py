@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -25,17 +26,18 @@ import tempfile
 from pathlib import Path
 
 from ddtrain.launcher.flavour import LaunchError
-from ddtrain.launcher.mpirun import child_env, console_script, running_as_root
-from ddtrain.launcher.policy import resolve_target
+from ddtrain.launcher.mpirun import console_script
+from ddtrain.launcher.policy import Target, resolve_target
 
 ENGINES = ("ddtrain", "torch_ddp")
 
 
-def launcher(np_: int, program: list[str]) -> list[str]:
-    """Every size goes through mpirun, one rank too, with ddtrain-launch's flags: both engines
-    then run exactly as a user's job does."""
+@functools.cache
+def launcher() -> Target:
+    """Every size goes through mpirun, one rank too, with ddtrain-launch's flags and environment:
+    both engines then run exactly as a user's job does. Looked up once (it asks mpirun its MPI)."""
     try:
-        return resolve_target("mpirun", environ=os.environ).command(np_, program)
+        return resolve_target("mpirun", environ=os.environ)
     except LaunchError as e:
         sys.exit(f"bench_engines: {e}")
 
@@ -47,9 +49,8 @@ def one_run(np_: int, model: str, engine: str, args, extra: list[str], workdir: 
         f"trainer.steps={args.steps}", "trainer.log_every=1", "trainer.progress=false",
         "tensorboard=false", "trainer.save_model=false", f"hydra.run.dir={run_dir}", *extra,
     ]
-    argv = launcher(np_, [console_script("ddtrain"), *overrides])
-    proc = subprocess.run(argv, env=child_env(os.environ, is_root=running_as_root()),
-                          capture_output=True, text=True, timeout=args.timeout)
+    argv = launcher().command(np_, [console_script("ddtrain"), *overrides])
+    proc = subprocess.run(argv, env=launcher().env, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         sys.exit(f"bench_engines: run failed ({engine}, {model}):\n{proc.stderr[-2000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

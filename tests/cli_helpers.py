@@ -51,16 +51,12 @@ def train_in_process(overrides: list[str], run_dir: Path, *, world: int = 1) -> 
 
         run_ranks(world, _train_composed, list(overrides), run_dir)
         return
+    import torch
+
     from ddtrain.dist.env import detect_launch_env
     from ddtrain.dist.group import DistContext
 
-    _train_composed(DistContext(detect_launch_env({}), torch_cpu(), None), list(overrides), run_dir)
-
-
-def torch_cpu():
-    import torch
-
-    return torch.device("cpu")
+    _train_composed(DistContext(detect_launch_env({}), torch.device("cpu"), None), list(overrides), run_dir)
 
 
 def run_launch_script(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

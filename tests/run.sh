@@ -3,6 +3,7 @@
 #   bash tests/run.sh                  everything (unit, kernels, docs, CLI, Gloo ranks, real mpirun)
 #   bash tests/run.sh -m "not slow"    the quick tier: pure, in-process tests only
 #   bash tests/run.sh [pytest arguments]
+# The 20 slowest tests are listed at the end, so a creeping suite is seen.
 # GPU tests skip themselves without a GPU. TEST_WORKERS=N sets the parallel workers (0: serial).
 # TORCH=...   pip arguments for torch (default: torch), e.g. TORCH=torch==2.13.0, or
 #             TORCH="torch --index-url https://download.pytorch.org/whl/cpu" for the CPU-only wheel
@@ -21,4 +22,4 @@ cd "$(dirname "$0")/.."
 # (--dist loadscope), so a job that several tests read is started once. TEST_WORKERS=0: serial.
 workers=${TEST_WORKERS:-$(( $(nproc) + 1 > 8 ? 8 : $(nproc) + 1 ))}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-.venv/bin/python -m pytest -q -n "$workers" --dist loadscope "$@"
+.venv/bin/python -m pytest -q -n "$workers" --dist loadscope --durations=20 "$@"
