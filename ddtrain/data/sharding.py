@@ -26,12 +26,13 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
 
 
-def sample_indices(position: int, count: int, n: int, seed: int) -> torch.Tensor:
+def sample_indices(position: int, count: int, n: int, seed: int, *, shuffle: bool = True) -> torch.Tensor:
     """Data-set indices at stream positions [position, position + count), as int64.
 
     The stream is epoch 0's permutation of range(n), then epoch 1's, and so on; epoch e is
-    ``torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))``. The slice may span
-    any number of epoch boundaries.
+    ``torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))``, or range(n) itself
+    when ``shuffle`` is False (then ``seed`` does not matter). The slice may span any number of
+    epoch boundaries.
     """
     if n <= 0:
         raise ValueError(f"sample_indices: n={n} must be > 0 (the data set is empty)")
@@ -42,7 +43,10 @@ def sample_indices(position: int, count: int, n: int, seed: int) -> torch.Tensor
     while position < end:
         epoch, offset = divmod(position, n)
         take = min(end - position, n - offset)
-        pieces.append(_epoch_permutation(n, seed, epoch)[offset : offset + take])
+        if shuffle:
+            pieces.append(_epoch_permutation(n, seed, epoch)[offset : offset + take])
+        else:
+            pieces.append(torch.arange(offset, offset + take, dtype=torch.int64))
         position += take
     # torch.cat always copies, so a caller that edits the result cannot corrupt the cache.
     return torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.int64)

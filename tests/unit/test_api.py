@@ -10,8 +10,9 @@ from ddtrain.api import context
 
 
 def test_the_public_names_are_the_documented_ones():
-    assert set(ddtrain.__all__) == {"DataParallel", "init", "shutdown", "__version__"}
+    assert set(ddtrain.__all__) == {"DataParallel", "init", "shard", "shutdown", "__version__"}
     assert ddtrain.DataParallel.__name__ == "DataParallel"
+    assert ddtrain.shard.__name__ == "shard"
     with pytest.raises(AttributeError, match="no_such_name"):
         getattr(ddtrain, "no_such_name")  # noqa: B009 (the name is the point)
 
