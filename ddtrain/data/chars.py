@@ -15,6 +15,12 @@ import torch
 from ddtrain.config import DataConfig
 from ddtrain.data.spec import DataSpec
 
+# How much of each file is read to tell text from binary: an executable's or an image's header is
+# in its first bytes, and a few KB cost nothing to read per file.
+_SNIFF_BYTES = 8192
+# The share of undecodable bytes in that head above which a file is not taken as UTF-8 text.
+_MAX_UNDECODABLE = 0.25
+
 
 def _bundled_docs() -> str:
     try:
@@ -27,16 +33,41 @@ def _bundled_docs() -> str:
     return "".join(topics[key] for key in sorted(topics))
 
 
+def _check_text_file(path: str) -> None:
+    """Refuse a path that is missing, not a regular file, or evidently not UTF-8 text.
+
+    Only the head is read, so checking a large corpus costs nothing. Text never holds a NUL byte
+    (binaries and UTF-16 do, in their first bytes); a head of which more than a quarter fails to
+    decode is in another encoding or no text at all, while a few stray bytes in real text only cost
+    a character each when it is read.
+    """
+    full = os.path.expanduser(path)
+    if not os.path.exists(full):
+        raise ValueError(
+            f"data.paths: no such file {path!r}; give existing text files or leave data.paths empty"
+        )
+    if not os.path.isfile(full):
+        raise ValueError(
+            f"data.paths: {path!r} is not a regular file; give text files or leave data.paths empty"
+        )
+    with open(full, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    # The cut at _SNIFF_BYTES may split one character: a single replacement, far below the bar.
+    undecodable = head.decode("utf-8", errors="replace").count("\ufffd")
+    if b"\0" in head or undecodable > _MAX_UNDECODABLE * len(head):
+        raise ValueError(
+            f"data.paths: {path!r} is not UTF-8 text; data.paths takes text files (for binary data "
+            "use data=tokens, on files from python -m ddtrain.data.prepare_tokens --level bytes)"
+        )
+
+
 def read_corpus(paths: tuple[str, ...]) -> str:
     """The files' text, concatenated in the given order; the bundled docs if ``paths`` is empty."""
     if not paths:
         return _bundled_docs()
     # Check every file before reading any, so a typo in the last path fails at once.
     for path in paths:
-        if not os.path.isfile(os.path.expanduser(path)):
-            raise ValueError(
-                f"data.paths: no such file {path!r}; give existing text files or leave data.paths empty"
-            )
+        _check_text_file(path)
     texts = []
     for path in paths:
         # errors="replace": one stray byte in a large scraped file should cost one character
