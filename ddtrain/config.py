@@ -4,110 +4,47 @@ Hydra composes plain YAML groups (``configs/``); this module turns the composed 
 dataclasses and rejects bad values with one line that names the key, the value and what is
 allowed. It runs before any process group exists, so a typo never costs a cluster allocation.
 Each component receives only its own section (``cfg.model``, ``cfg.comm`` ...).
+
+The sections shared by every run are defined here; a model's and a data set's keys are defined
+beside their code, in the ``ENTRY`` of their module (``ddtrain/registry.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-# How a persistent-RNN layer may run (ddtrain/kernels/rnn_plan.py picks among them). The config
-# owns the names so that validating model.path needs no kernel module; the planner imports them.
-RNN_PATHS = ("auto", "persistent", "stepwise", "cudnn", "reference")
+from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message is one line naming key, value and fix."""
 
 
-# --------------------------------------------------------------------------- models
-@dataclass(frozen=True)
-class MLPConfig:
-    name: str = "mlp"
-    hidden: int = 256
-    layers: int = 3  # hidden layers
-
-
-@dataclass(frozen=True)
-class ConvNetConfig:
-    name: str = "convnet"
-    width: int = 32  # channels of the first stage; doubled at each later stage
-    stages: int = 3
-    blocks_per_stage: int = 1
-    norm: str = "group"  # group | batch
-
-
-@dataclass(frozen=True)
-class ResNetConfig:
-    name: str = "resnet"
-    depth: int = 18  # 18 | 34 | 50
-    width: int = 64
-    norm: str = "group"  # group | batch
-    stem: str = "auto"  # auto | imagenet | cifar (auto: cifar for images below 64 px)
-
-
-@dataclass(frozen=True)
-class RNNConfig:
-    name: str = "rnn"
-    embed: int = 64
-    hidden: int = 256
-    layers: int = 2
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    name: str = "gpt"
-    layers: int = 4
-    heads: int = 4
-    dim: int = 128
-    dropout: float = 0.0
-
-
-@dataclass(frozen=True)
-class PRNNConfig:
-    name: str = "prnn"
-    conv_layers: int = 1  # Conv1d layers over time in front of the recurrence (0: none)
-    conv_channels: int = 128
-    kernel: int = 5  # frames each conv sees; odd, so stride-1 'same' padding keeps every frame
-    cell: str = "gru"  # gru | rnn
-    nonlinearity: str = "relu"  # cell=rnn only: relu | tanh
-    hidden: int = 128
-    layers: int = 3  # recurrent layers
-    path: str = "auto"  # one of RNN_PATHS (ddtrain/kernels/rnn_plan.py picks among them)
-
-
-MODEL_SCHEMAS: dict[str, type] = {
-    "mlp": MLPConfig,
-    "convnet": ConvNetConfig,
-    "resnet": ResNetConfig,
-    "rnn": RNNConfig,
-    "gpt": GPTConfig,
-    "prnn": PRNNConfig,
-}
-ModelConfig = MLPConfig | ConvNetConfig | ResNetConfig | RNNConfig | GPTConfig | PRNNConfig
-
-
 # --------------------------------------------------------------------------- the rest
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "synthetic"  # synthetic | digits | chars | speech
+    """The keys every data set takes; each data set's schema (its ``ENTRY``) adds its own."""
+
+    name: str = "synthetic"
     batch_size: int = 32  # per rank; the global batch is world_size * batch_size
-    samples: int = 4096  # synthetic, speech: size of the generated data set
-    image_size: int = 32  # synthetic images
-    channels: int = 3  # synthetic images
-    num_classes: int = 10  # synthetic images; speech: phoneme classes
-    seq_len: int = 64  # token models: context length; speech: frames per utterance
-    vocab_size: int = 64  # synthetic tokens
-    paths: tuple[str, ...] = ()  # chars: text files; empty = the Python docs bundled with CPython
-    features: int = 32  # speech: spectral channels per frame
-    noise: float = 2.0  # speech: std of the per-frame noise (the class templates have unit variance)
-    min_segment: int = 2  # speech: frames of the shortest phoneme segment
-    max_segment: int = 8  # speech: frames of the longest
+    # Loader processes per rank; None: 0 for data held in memory, else a share of the cores.
+    workers: int | None = None
+    prefetch: int = 2  # batches each loader process prepares ahead
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``loss._target_``: a callable(output, target) -> scalar; None: cross-entropy."""
+
+    target: str | None = None
+    kwargs: dict = field(default_factory=dict)  # the extra keys, passed to the target
+    ALIASES: ClassVar[dict[str, str]] = {"_target_": "target"}
+    EXTRA: ClassVar[str] = "kwargs"
 
 
 @dataclass(frozen=True)
@@ -153,12 +90,26 @@ class TrainerConfig:
     ckpt_dir: str | None = None  # None: <run dir>/checkpoints
     resume: str = "auto"  # auto (newest valid checkpoint in ckpt_dir, if any) | never | PATH
     on_nonfinite: str = "stop"  # a NaN/inf gradient: stop the job, or skip that step's update
+    eval_every: int = 0  # a validation pass every K steps (and after the last); 0: none
+
+
+def _default_model() -> Any:
+    from ddtrain.models.mlp import MLPConfig
+
+    return MLPConfig()
+
+
+def _default_data() -> Any:
+    from ddtrain.data.synthetic import SyntheticData
+
+    return SyntheticData()
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelConfig = field(default_factory=MLPConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = field(default_factory=_default_model)  # the schema of the model's ENTRY
+    data: Any = field(default_factory=_default_data)  # a DataConfig subclass: the data set's ENTRY
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -202,35 +153,43 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise TypeError(f"unsupported config type {typ} for {key}")  # a bug in this file, not input
 
 
-def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+def build_section(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    """``cls`` from the keys under ``prefix``, each checked against its annotated type.
+
+    A schema may rename keys (``ALIASES``: Hydra's ``_target_`` is the field ``target``) and may
+    take any other key into one dict field (``EXTRA``): the keyword arguments of a user's class.
+    """
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{prefix}={raw!r} must be a group of keys")
+    aliases: dict[str, str] = getattr(cls, "ALIASES", {})
+    extra_field: str | None = getattr(cls, "EXTRA", None)
+    raw = {aliases.get(k, k): v for k, v in raw.items()}
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name != extra_field]
     unknown = sorted(set(raw) - set(names))
-    if unknown:
+    if unknown and extra_field is None:
+        spelled = [next((a for a, n in aliases.items() if n == name), name) for name in names]
         raise ConfigError(
-            f"unknown key {prefix}.{unknown[0]}; {prefix} takes: {', '.join(names)}"
+            f"unknown key {prefix}.{unknown[0]}; {prefix} takes: {', '.join(spelled)}"
         )
     required = [f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [n for n in required if n not in raw]
     if missing:
         raise ConfigError(f"{prefix}.{missing[0]} is missing; {prefix} needs: {', '.join(required)}")
-    kwargs = {}
-    for name in names:
-        if name in raw:
-            kwargs[name] = _coerce(f"{prefix}.{name}", raw[name], hints[name])
+    kwargs: dict[str, Any] = {n: _coerce(f"{prefix}.{n}", raw[n], hints[n]) for n in names if n in raw}
+    if extra_field is not None:
+        kwargs[extra_field] = {k: raw[k] for k in unknown}
     return cls(**kwargs)
 
 
-def _choice(key: str, value: str, allowed: typing.Iterable[str]) -> None:
+def check_choice(key: str, value: str, allowed: typing.Iterable[str]) -> None:
     allowed = list(allowed)
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
-def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
+def check_positive(key: str, value: float, *, zero_ok: bool = False) -> None:
     if not math.isfinite(value):
         raise ConfigError(f"{key}={value!r} must be a finite number")
     if value < 0 or (value == 0 and not zero_ok):
@@ -238,30 +197,39 @@ def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be {bound}")
 
 
-def _positives(section: str, obj: Any, *names: str, zero_ok: bool = False) -> None:
+def check_positives(section: str, obj: Any, *names: str, zero_ok: bool = False) -> None:
     for name in names:
-        _positive(f"{section}.{name}", getattr(obj, name), zero_ok=zero_ok)
+        check_positive(f"{section}.{name}", getattr(obj, name), zero_ok=zero_ok)
+
+
+def _group(raw: Mapping[str, Any], key: str, example: str) -> Mapping[str, Any]:
+    section = raw.get(key, {})
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{key}={section!r} must be a group of keys; e.g. {example}")
+    return section
 
 
 def from_mapping(raw: Mapping[str, Any]) -> TrainConfig:
     """Build and validate a TrainConfig from a plain (resolved) mapping, e.g. Hydra's cfg."""
+    from ddtrain import registry
+
     raw = {k: v for k, v in raw.items() if k != "hydra"}
     sections = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(raw) - sections)
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]}; top-level keys are: {', '.join(sorted(sections))}")
 
-    model_raw = raw.get("model", {})
-    if not isinstance(model_raw, Mapping):
-        raise ConfigError(f"model={model_raw!r} must be a group of keys; e.g. model=gpt or model.dim=256")
-    model_name = model_raw.get("name", "mlp")
-    _choice("model", model_name, MODEL_SCHEMAS)
+    model_raw = _group(raw, "model", "model=gpt or model.dim=256")
+    data_raw = _group(raw, "data", "data=chars or data.batch_size=8")
+    model = registry.model_entry(str(model_raw.get("name", "mlp")))
+    data = registry.data_entry(str(data_raw.get("name", "synthetic")))
     cfg = TrainConfig(
-        model=_build(MODEL_SCHEMAS[model_name], model_raw, "model"),
-        data=_build(DataConfig, raw.get("data", {}), "data"),
-        optim=_build(OptimConfig, raw.get("optim", {}), "optim"),
-        comm=_build(CommConfig, raw.get("comm", {}), "comm"),
-        trainer=_build(TrainerConfig, raw.get("trainer", {}), "trainer"),
+        model=build_section(model.schema, model_raw, "model"),
+        data=build_section(data.schema, data_raw, "data"),
+        loss=build_section(LossConfig, raw.get("loss", {}), "loss"),
+        optim=build_section(OptimConfig, raw.get("optim", {}), "optim"),
+        comm=build_section(CommConfig, raw.get("comm", {}), "comm"),
+        trainer=build_section(TrainerConfig, raw.get("trainer", {}), "trainer"),
         seed=_coerce("seed", raw.get("seed", 0), int),
         tensorboard=_coerce("tensorboard", raw.get("tensorboard", True), bool),
     )
@@ -270,124 +238,106 @@ def from_mapping(raw: Mapping[str, Any]) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Reject values that are well-typed but meaningless. Pure: no I/O, no process group."""
-    _MODEL_VALIDATORS[type(cfg.model)](cfg.model)
+    """Reject values that are well-typed but meaningless, and a data set that cannot feed the
+    model. No process group and no data is read; a user's ``_target_`` is imported to check it."""
+    from ddtrain import registry
+
+    model = registry.model_entry(cfg.model.name)
+    data = registry.data_entry(cfg.data.name)
+    model.validate(cfg.model)
     _validate_data(cfg.data)
+    data.validate(cfg.data)
+    registry.input_kind(cfg.model.name, cfg.data.name)
+    _validate_loss(cfg.loss)
     _validate_optim(cfg.optim)
     _validate_comm(cfg.comm)
     _validate_trainer(cfg.trainer)
-
-
-def _validate_mlp(m: MLPConfig) -> None:
-    _positives("model", m, "hidden", "layers")
-
-
-def _validate_convnet(m: ConvNetConfig) -> None:
-    _positives("model", m, "width", "stages", "blocks_per_stage")
-    _choice("model.norm", m.norm, ["group", "batch"])
-
-
-def _validate_resnet(m: ResNetConfig) -> None:
-    if m.depth not in (18, 34, 50):
-        raise ConfigError(f"model.depth={m.depth} is not allowed; choose one of: 18, 34, 50")
-    _positive("model.width", m.width)
-    _choice("model.norm", m.norm, ["group", "batch"])
-    _choice("model.stem", m.stem, ["auto", "imagenet", "cifar"])
-
-
-def _validate_rnn(m: RNNConfig) -> None:
-    _positives("model", m, "embed", "hidden", "layers")
-
-
-def _validate_gpt(m: GPTConfig) -> None:
-    _positives("model", m, "layers", "heads", "dim")
-    if m.dim % m.heads:
-        raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
-
-
-def _validate_prnn(m: PRNNConfig) -> None:
-    _positive("model.conv_layers", m.conv_layers, zero_ok=True)
-    _positives("model", m, "conv_channels", "kernel", "hidden", "layers")
-    if m.kernel % 2 == 0:
-        raise ConfigError(f"model.kernel={m.kernel} must be odd (stride-1 'same' padding keeps one "
-                          "output per frame only for odd kernels); e.g. 3 or 5")
-    _choice("model.cell", m.cell, ["gru", "rnn"])
-    _choice("model.nonlinearity", m.nonlinearity, ["relu", "tanh"])
-    _choice("model.path", m.path, RNN_PATHS)
-
-
-_MODEL_VALIDATORS = {
-    MLPConfig: _validate_mlp,
-    ConvNetConfig: _validate_convnet,
-    ResNetConfig: _validate_resnet,
-    RNNConfig: _validate_rnn,
-    GPTConfig: _validate_gpt,
-    PRNNConfig: _validate_prnn,
-}
+    if cfg.trainer.eval_every and not data.has_val(cfg.data):
+        raise ConfigError(
+            f"trainer.eval_every={cfg.trainer.eval_every} needs a validation set, and data={cfg.data.name} "
+            "has none here; give data.val_path (data=tokens), data.val_root (data=images) or "
+            "data.val_target (data=custom), or set trainer.eval_every=0"
+        )
 
 
 def _validate_data(d: DataConfig) -> None:
-    _choice("data", d.name, ["synthetic", "digits", "chars", "speech"])
-    _positives("data", d, "batch_size", "samples", "image_size", "channels", "seq_len", "features",
-               "min_segment")
-    _positive("data.noise", d.noise, zero_ok=True)
-    if d.max_segment < d.min_segment:
-        raise ConfigError(f"data.max_segment={d.max_segment} must be >= data.min_segment={d.min_segment}")
-    if d.num_classes < 2:
-        raise ConfigError(f"data.num_classes={d.num_classes} must be >= 2")
-    if d.vocab_size < 2:
-        raise ConfigError(f"data.vocab_size={d.vocab_size} must be >= 2")
+    check_positive("data.batch_size", d.batch_size)
+    if d.workers is not None:
+        check_positive("data.workers", d.workers, zero_ok=True)
+    check_positive("data.prefetch", d.prefetch)
+
+
+def _validate_loss(loss: LossConfig) -> None:
+    if loss.target is not None:
+        from ddtrain.targets import resolve
+
+        resolve("loss._target_", loss.target)
+    elif loss.kwargs:
+        first = next(iter(loss.kwargs))
+        raise ConfigError(f"loss.{first} is set but loss._target_ is not; cross-entropy, the default "
+                          "loss, takes no keys")
 
 
 def _validate_optim(o: OptimConfig) -> None:
-    _choice("optim", o.name, ["adamw", "sgd"])
-    _positive("optim.lr", o.lr)
-    _positives("optim", o, "weight_decay", "momentum", "warmup_steps", "grad_clip", zero_ok=True)
+    check_choice("optim", o.name, ["adamw", "sgd"])
+    check_positive("optim.lr", o.lr)
+    check_positives("optim", o, "weight_decay", "momentum", "warmup_steps", "grad_clip", zero_ok=True)
     for key in ("beta1", "beta2"):
         if not 0.0 <= getattr(o, key) < 1.0:
             raise ConfigError(f"optim.{key}={getattr(o, key)} must be in [0, 1)")
-    _choice("optim.schedule", o.schedule, ["constant", "cosine", "linear"])
+    check_choice("optim.schedule", o.schedule, ["constant", "cosine", "linear"])
     if not 0.0 <= o.min_lr_ratio <= 1.0:
         raise ConfigError(f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]")
 
 
 def _validate_comm(c: CommConfig) -> None:
-    _choice("comm.engine", c.engine, ["ddtrain", "torch_ddp"])
-    _positives("comm", c, "bucket_mb", "first_bucket_mb", "timeout_s")
-    _positive("comm.verify_every", c.verify_every, zero_ok=True)
-    _choice("comm.dtype", c.dtype, ["fp32", "bf16", "fp16"])
-    _choice("comm.pack", c.pack, ["auto", "triton", "torch"])
-    _choice("comm.backend", c.backend, ["auto", "nccl", "gloo"])
+    check_choice("comm.engine", c.engine, ["ddtrain", "torch_ddp"])
+    check_positives("comm", c, "bucket_mb", "first_bucket_mb", "timeout_s")
+    check_positive("comm.verify_every", c.verify_every, zero_ok=True)
+    check_choice("comm.dtype", c.dtype, ["fp32", "bf16", "fp16"])
+    check_choice("comm.pack", c.pack, ["auto", "triton", "torch"])
+    check_choice("comm.backend", c.backend, ["auto", "nccl", "gloo"])
 
 
 def _validate_trainer(t: TrainerConfig) -> None:
-    _positives("trainer", t, "steps", "grad_accum", "log_every", "ckpt_keep")
-    _positives("trainer", t, "threads", "ckpt_every", "ckpt_every_min", zero_ok=True)
-    _choice("trainer.precision", t.precision, ["fp32", "bf16"])
-    _choice("trainer.device", t.device, ["auto", "cpu", "cuda"])
+    check_positives("trainer", t, "steps", "grad_accum", "log_every", "ckpt_keep")
+    check_positives("trainer", t, "threads", "ckpt_every", "ckpt_every_min", zero_ok=True)
+    check_choice("trainer.precision", t.precision, ["fp32", "bf16"])
+    check_choice("trainer.device", t.device, ["auto", "cpu", "cuda"])
     if not t.resume:
         raise ConfigError("trainer.resume='' is empty; use auto, never, or the path of a checkpoint "
                           "file or directory")
-    _choice("trainer.on_nonfinite", t.on_nonfinite, ["stop", "skip"])
+    check_choice("trainer.on_nonfinite", t.on_nonfinite, ["stop", "skip"])
+    check_positive("trainer.eval_every", t.eval_every, zero_ok=True)
 
 
 def to_flat_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """``{"model.name": "gpt", ...}``: for TensorBoard hparams and run records."""
+    """``{"model.name": "gpt", ...}``: for TensorBoard hparams and run records. Keys are spelled
+    as in an override (``model._target_``, and a user's extra keys under their own names)."""
     out: dict[str, Any] = {}
 
+    def scalar(v: Any) -> Any:
+        # Scalars only (TensorBoard's hparams table takes nothing else): a list is joined, an
+        # unset value is "null", as it is spelled in an override; anything nested is JSON.
+        if isinstance(v, tuple):
+            return ",".join(map(str, v))
+        if v is None:
+            return "null"
+        if isinstance(v, (list, dict)):
+            return json.dumps(v, sort_keys=True)
+        return v
+
     def walk(obj: Any, prefix: str) -> None:
+        spelled = {n: a for a, n in getattr(obj, "ALIASES", {}).items()}
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
-            key = f"{prefix}{f.name}"
             if dataclasses.is_dataclass(v):
-                walk(v, key + ".")
+                walk(v, f"{prefix}{f.name}.")
+            elif f.name == getattr(obj, "EXTRA", None):
+                for k, item in sorted(v.items()):
+                    out[f"{prefix}{k}"] = scalar(item)
             else:
-                # Scalars only (TensorBoard's hparams table takes nothing else): a list is
-                # joined, an unset value is "null", as it is spelled in an override.
-                out[key] = ",".join(v) if isinstance(v, tuple) else "null" if v is None else v
+                out[f"{prefix}{spelled.get(f.name, f.name)}"] = scalar(v)
 
     walk(cfg, "")
     return out
-

@@ -17,14 +17,13 @@ from pathlib import Path
 import torch
 
 from ddtrain.config import TrainConfig
-from ddtrain.data import build_dataset
+from ddtrain.data import spec_of
 from ddtrain.dist.env import LaunchEnv, detect_launch_env
 from ddtrain.dist.group import DistContext, init_distributed, shutdown
 from ddtrain.errors import EXIT_JOB_ERROR, JobError, fail, one_line, report
 from ddtrain.fault.monitor import exit_on_loss, start_monitor
 from ddtrain.fault.signals import StopRequest
-from ddtrain.models import INPUT_KIND
-from ddtrain.trainer import train
+from ddtrain.trainer import build_datasets, make_model, train
 
 log = logging.getLogger("ddtrain")
 
@@ -59,9 +58,11 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     setup_logging(env, run_dir)
     torch.set_num_threads(cpu_threads(cfg.trainer.threads, env.local_world_size))
 
-    # Everything that can be wrong with the inputs is found here, before any process group.
+    # Everything that can be wrong with the inputs is found here, before any process group:
+    # the data files, and the model (a user's class may refuse its keyword arguments).
     try:
-        dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
+        dataset, val_dataset = build_datasets(cfg)
+        model = make_model(cfg, spec_of(dataset))
     except ValueError as e:
         # Files can differ between nodes, so each failing rank speaks for itself.
         fail(str(e), env.rank, same_on_all_ranks=env.world_size == 1)
@@ -80,7 +81,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     )
     stop = StopRequest().install()
     try:
-        result = train(cfg, ctx, run_dir, dataset=dataset, stop=stop)
+        result = train(cfg, ctx, run_dir, dataset=dataset, val_dataset=val_dataset, model=model, stop=stop)
         history, stopped_by, checkpoint = result.history, result.stopped_by, result.checkpoint
         del result  # the engine (and its hooks) must go before the group does: see shutdown()
     except JobError as e:

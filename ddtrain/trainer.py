@@ -8,27 +8,33 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ddtrain.ckpt.manager import Checkpointer, checkpoint_dir
 from ddtrain.comm.engines import build_engine
 from ddtrain.config import TrainConfig, to_flat_dict
-from ddtrain.data import ShardedBatches, build_dataset
+from ddtrain.data import build_dataset, spec_of
+from ddtrain.data.feed import loader_workers, to_device, train_loader, val_batches
+from ddtrain.data.loader import ShardLoader
 from ddtrain.dist.group import DistContext, all_max_each
 from ddtrain.errors import JobError
+from ddtrain.evaluate import evaluate
 from ddtrain.fault.replica import check_replicas, verify_replicas
+from ddtrain.launcher.cores import usable_cpus
+from ddtrain.loss import LossFn, build_loss
 from ddtrain.metrics import MetricsProcessor, make_writer
 from ddtrain.metrics.processor import StepView, Workload
-from ddtrain.models import INPUT_KIND, build_model
+from ddtrain.models import build_model
 from ddtrain.optim import build_optimizer
 from ddtrain.perf.clock import StepClock
+from ddtrain.perf.flops import flops_per_sample
+from ddtrain.registry import input_kind
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,7 @@ class TrainResult:
     model: nn.Module  # the bare model (not the DDP wrapper)
     engine: Any = None  # the gradient-sync engine that ran (its bucket plan, for inspection)
     history: list[dict[str, Any]] = field(default_factory=list)  # the logged records
+    validations: list[dict[str, Any]] = field(default_factory=list)  # the validation passes' records
     start_step: int = 0  # > 0: resumed from the checkpoint of that step
     stopped_by: str | None = None  # the signal that ended the run early (after a checkpoint)
     checkpoint: Path | None = None  # the last checkpoint this run wrote (rank 0)
@@ -47,12 +54,6 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy, computed in fp32, over classes (images: logits [B, C], y [B]) or every
-    position (tokens, frames: logits [B, T, C], y [B, T]); the mean over all B*T positions."""
-    return F.cross_entropy(logits.flatten(0, -2).float(), y.flatten())
 
 
 def _progress(enabled: bool, total: int, start: int = 0):
@@ -71,44 +72,59 @@ class Replica:
     engine: Any
     optimizer: torch.optim.Optimizer
     scheduler: Any
+    loss_fn: LossFn
+    loader: ShardLoader  # this rank's batches; its position is the checkpoint's data position
 
 
-def build_replica(cfg: TrainConfig, ctx: DistContext, spec, on_event=None) -> Replica:
-    torch.manual_seed(cfg.seed)  # same init everywhere; rank 0's weights are broadcast anyway
-    model = build_model(cfg.model, spec).to(ctx.device)
+def make_model(cfg: TrainConfig, spec) -> nn.Module:
+    """The model, on the CPU, initialised from ``cfg.seed``: the same weights on every rank
+    (rank 0's are broadcast anyway)."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, spec)
+
+
+def build_replica(cfg: TrainConfig, ctx: DistContext, dataset, on_event=None, model: nn.Module | None = None
+                  ) -> Replica:
+    """``model``: one made by ``make_model`` already (the CLI builds it before the process group,
+    so a user's model that fails to build fails alone, in one line)."""
+    model = (model if model is not None else make_model(cfg, spec_of(dataset))).to(ctx.device)
     engine = build_engine(model, ctx, cfg.comm, on_event=on_event)
     optimizer, scheduler = build_optimizer(cfg.optim, model, cfg.trainer.steps)
-    return Replica(model, engine, optimizer, scheduler)
+    workers = loader_workers(cfg.data, dataset, usable_cpus(), ctx.env.local_world_size)
+    loader = train_loader(cfg.data, dataset, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
+                          workers=workers, pin_memory=ctx.device.type == "cuda")
+    return Replica(model, engine, optimizer, scheduler, build_loss(cfg.loss), loader)
 
 
 @dataclass
 class StepOutcome:
     loss: torch.Tensor  # this rank's mean loss (a device tensor: reading it would sync)
-    data_s: float  # host seconds spent gathering batches
+    data_s: float  # host seconds spent waiting for batches
     grad_norm: float  # of the averaged gradient
     skipped: bool  # non-finite gradient: no update (trainer.on_nonfinite=skip)
     stop: bool  # some rank received a stop signal: every rank stops after this step
     save: bool  # rank 0's clock says a time-based checkpoint is due
 
 
-def train_step(rep: Replica, batches: ShardedBatches, step: int, cfg: TrainConfig, ctx: DistContext,
+def train_step(rep: Replica, batches: Iterator[Any], step: int, cfg: TrainConfig, ctx: DistContext,
                clock: StepClock, *, stop_requested: bool = False, save_due: bool = False) -> StepOutcome:
-    """One optimizer step: grad_accum micro-steps, the gradient sync, the agreement, the update."""
+    """One optimizer step: grad_accum micro-steps (``batches`` gives one batch each), the
+    gradient sync, the agreement, the update."""
     t, device = cfg.trainer, clock.device
     clock.start_step()
     step_loss = torch.zeros((), device=device)
     data_s = 0.0
     for micro in range(t.grad_accum):
-        t0 = time.perf_counter()  # host-side batch gathering; no device sync needed
-        x, y = batches.get(step * t.grad_accum + micro)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        t0 = time.perf_counter()  # the host's wait for a batch; no device sync needed
+        x, y = next(batches)
+        x, y = to_device(x, device), to_device(y, device)
         data_s += time.perf_counter() - t0
         # In data-parallel training only the last micro-step communicates: the earlier ones
         # accumulate gradients locally (no_sync).
         last = micro == t.grad_accum - 1
         with contextlib.nullcontext() if last else rep.engine.no_sync():
             with autocast(device, t.precision):
-                loss = loss_of(rep.engine.module(x), y)
+                loss = rep.loss_fn(rep.engine.module(x), y)
             (loss / t.grad_accum).backward()
         step_loss += loss.detach() / t.grad_accum
     clock.mark("compute")
@@ -150,30 +166,35 @@ def train(
     run_dir: Path | None = None,
     *,
     dataset=None,
+    val_dataset=None,
+    model: nn.Module | None = None,
     on_event=None,
     stop=None,
     on_step: Callable[[int, Replica], None] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on this rank. ``run_dir`` None: write nothing (tests); rank 0 writes otherwise.
 
-    ``stop``: a ``fault.signals.StopRequest`` (the CLI installs one for SIGTERM/SIGUSR1);
-    ``on_step(step, replica)`` runs after every step (tests use it to inject faults).
+    ``dataset``/``val_dataset``/``model``: built already (the CLI builds them before the process
+    group); None: built here. ``stop``: a ``fault.signals.StopRequest`` (the CLI installs one for
+    SIGTERM/SIGUSR1); ``on_step(step, replica)`` runs after every step (tests inject faults).
     """
     t = cfg.trainer
     if dataset is None:
-        dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
-    rep = build_replica(cfg, ctx, dataset.spec, on_event)
+        dataset, val_dataset = build_datasets(cfg)
+    rep = build_replica(cfg, ctx, dataset, on_event, model)
     flat_cfg = to_flat_dict(cfg)
     check_replicas(ctx, rep.model, flat_cfg)  # same model and config everywhere, or stop now
     ckpt = Checkpointer(cfg, ctx, checkpoint_dir(cfg, run_dir))
     start, counters = ckpt.resume(rep)
-    batches = ShardedBatches(dataset, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed)
     clock = StepClock(ctx.device)
-    metrics = _metrics(cfg, ctx, rep, batches, clock, run_dir, flat_cfg, start)
+    metrics = _metrics(cfg, ctx, rep, clock, run_dir, flat_cfg, start)
     _log_start(cfg, ctx, rep, ckpt, start, metrics.workload)
+    validate = _validation(cfg, ctx, rep, val_dataset, metrics)
 
-    result = TrainResult(model=rep.model, engine=rep.engine, start_step=start, history=metrics.history)
-    try:  # the files are closed on every exit, a failure's included
+    result = TrainResult(model=rep.model, engine=rep.engine, start_step=start, history=metrics.history,
+                         validations=metrics.validations)
+    batches = rep.loader.stream()
+    try:  # the files and the loader's workers are closed on every exit, a failure's included
         for step in range(start, t.steps):
             out = train_step(rep, batches, step, cfg, ctx, clock,
                              stop_requested=stop is not None and stop.requested,
@@ -186,6 +207,8 @@ def train(
                             done, out.grad_norm, counters["nonfinite_skipped"])
             metrics.step(StepView(done, out.loss, out.data_s, out.grad_norm,
                                   counters["nonfinite_skipped"], force=out.stop))
+            if validate is not None and (done % t.eval_every == 0 or done == t.steps):
+                validate(done)
             # Checked before saving, so a diverged state never becomes the newest checkpoint.
             if cfg.comm.verify_every and done % cfg.comm.verify_every == 0:
                 verify_replicas(ctx, rep.model, done)
@@ -201,28 +224,59 @@ def train(
             if on_step is not None:
                 on_step(done, rep)
     finally:
+        batches.close()
         metrics.close()
     if t.save_model and ctx.is_main and run_dir is not None:
         torch.save(rep.model.state_dict(), run_dir / "model.pt")
     return result
 
 
-def _metrics(cfg: TrainConfig, ctx: DistContext, rep: Replica, batches: ShardedBatches, clock: StepClock,
-             run_dir: Path | None, flat_cfg: dict[str, Any], start: int) -> MetricsProcessor:
+def build_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
+    """(training set, validation set or None) for ``cfg``; ValueError in one line when a file
+    is missing or unreadable. The validation set is built only when a pass will read it."""
+    kind = input_kind(cfg.model.name, cfg.data.name)
+    train_set = build_dataset(cfg.data, kind, cfg.seed)
+    val_set = build_dataset(cfg.data, kind, cfg.seed, split="val") if cfg.trainer.eval_every else None
+    return train_set, val_set
+
+
+def _validation(cfg: TrainConfig, ctx: DistContext, rep: Replica, val_dataset,
+                metrics: MetricsProcessor) -> Callable[[int], None] | None:
+    """The pass run every ``trainer.eval_every`` steps, or None when there is none."""
+    if not cfg.trainer.eval_every or val_dataset is None:
+        return None
+    workers = loader_workers(cfg.data, val_dataset, usable_cpus(), ctx.env.local_world_size)
+
+    def validate(step: int) -> None:
+        batches = val_batches(val_dataset, cfg.data.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                              workers=workers, prefetch=cfg.data.prefetch)
+        result = evaluate(rep.model, rep.loss_fn, batches, ctx,
+                          autocast=lambda: autocast(ctx.device, cfg.trainer.precision))
+        metrics.validation(step, result)
+
+    return validate
+
+
+def _metrics(cfg: TrainConfig, ctx: DistContext, rep: Replica, clock: StepClock, run_dir: Path | None,
+             flat_cfg: dict[str, Any], start: int) -> MetricsProcessor:
     """The run's records: rank 0 writes them (metrics.jsonl, TensorBoard); other ranks compute
     the same collectives and write nothing."""
-    t, spec = cfg.trainer, batches.dataset.spec
+    t, loader = cfg.trainer, rep.loader
+    spec = spec_of(loader.dataset)
     writer = make_writer(ctx.is_main, run_dir, flat_cfg, cfg.tensorboard, resume_step=start or None)
     if not start:
         writer.text("config", json.dumps(dataclasses.asdict(cfg), indent=2))  # readable, nested
+    flops, source = flops_per_sample(
+        rep.model, lambda: tuple(to_device(part, ctx.device) for part in loader.batch_at(0)),
+        loader.batch_size, rep.loss_fn)
     workload = Workload(samples_per_step=ctx.world_size * cfg.data.batch_size * t.grad_accum,
-                        flops_per_sample=rep.model.flops_per_sample(),
+                        flops_per_sample=flops, flops_source=source,
                         tokens_per_sample=spec.seq_len if spec.kind == "tokens" else 0)
     return MetricsProcessor(
         ctx, writer, clock, workload, log_every=t.log_every, last_step=t.steps,
         measures_exposed_comm=rep.engine.measures_exposed_comm,
         lr=lambda: rep.scheduler.get_last_lr()[0],
-        epoch=lambda done: batches.epoch(done * t.grad_accum),
+        epoch=lambda done: loader.epoch(done * t.grad_accum),
         progress=_progress(t.progress and ctx.is_main, t.steps, start),
     )
 
@@ -231,10 +285,12 @@ def _log_start(cfg: TrainConfig, ctx: DistContext, rep: Replica, ckpt: Checkpoin
                workload: Workload) -> None:
     t = cfg.trainer
     n_params = sum(p.numel() for p in rep.model.parameters())
+    name = cfg.model.target if cfg.model.name == "custom" else cfg.model.name
     log.info(
-        "model=%s (%.2fM params, %.3g GFLOP/sample fwd+bwd), data=%s, %d ranks x batch %d x accum %d",
-        cfg.model.name, n_params / 1e6, workload.flops_per_sample / 1e9, cfg.data.name, ctx.world_size,
-        cfg.data.batch_size, t.grad_accum,
+        "model=%s (%.2fM params, %.3g GFLOP/sample fwd+bwd, %s), data=%s (%d samples, %d loader "
+        "workers), %d ranks x batch %d x accum %d",
+        name, n_params / 1e6, workload.flops_per_sample / 1e9, workload.flops_source, cfg.data.name,
+        len(rep.loader.dataset), rep.loader.workers, ctx.world_size, cfg.data.batch_size, t.grad_accum,
     )
     log.info("%s", rep.engine.describe())
     if ckpt.directory is not None:

@@ -54,12 +54,10 @@ def parse_args():
 
 def setup(cfg):
     """The process group and two replicas of the model, one per engine, on the same batches."""
-    from ddtrain.data import ShardedBatches, build_dataset
     from ddtrain.dist.env import detect_launch_env
     from ddtrain.dist.group import init_distributed
-    from ddtrain.models import INPUT_KIND
     from ddtrain.run import cpu_threads
-    from ddtrain.trainer import build_replica
+    from ddtrain.trainer import build_datasets, build_replica
 
     env = detect_launch_env(os.environ)
     torch.set_num_threads(cpu_threads(cfg.trainer.threads, env.local_world_size))
@@ -67,17 +65,15 @@ def setup(cfg):
                            timeout_s=cfg.comm.timeout_s)
     if ctx.world_size < 2:
         sys.exit("bench_interleaved: run it under mpirun -np N with N >= 2 (one rank has no communication)")
-    dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
-    batches = ShardedBatches(dataset, cfg.data.batch_size, ctx.rank, ctx.world_size, cfg.seed)
+    dataset, _ = build_datasets(cfg)
     reps = {
-        e: build_replica(dataclasses.replace(cfg, comm=dataclasses.replace(cfg.comm, engine=e)), ctx,
-                         dataset.spec)
+        e: build_replica(dataclasses.replace(cfg, comm=dataclasses.replace(cfg.comm, engine=e)), ctx, dataset)
         for e in ENGINES
     }
-    return ctx, batches, reps
+    return ctx, reps
 
 
-def measure(cfg, ctx, batches, reps, steps: int):
+def measure(cfg, ctx, reps, steps: int):
     """Every step once per engine, the order alternating; (max-over-ranks step times, rank 0's
     phases) per engine."""
     from ddtrain.dist.group import all_max_each, barrier
@@ -87,6 +83,7 @@ def measure(cfg, ctx, batches, reps, steps: int):
     clocks = {e: StepClock(ctx.device) for e in ENGINES}
     times: dict[str, list[float]] = {e: [] for e in ENGINES}
     phases: dict[str, list[dict[str, float]]] = {e: [] for e in ENGINES}
+    batches = {e: reps[e].loader.stream() for e in ENGINES}  # each from step 0: the same batches
 
     def sync() -> None:
         if ctx.device.type == "cuda":
@@ -97,7 +94,7 @@ def measure(cfg, ctx, batches, reps, steps: int):
             barrier(ctx)
             sync()
             t0 = time.perf_counter()
-            train_step(reps[engine], batches, step, cfg, ctx, clocks[engine])
+            train_step(reps[engine], batches[engine], step, cfg, ctx, clocks[engine])
             sync()
             times[engine].append(all_max_each(ctx, [time.perf_counter() - t0])[0])
             phases[engine] += clocks[engine].drain()
@@ -142,8 +139,8 @@ def main() -> None:
 
     args = parse_args()
     cfg = load_config(args.overrides + [f"trainer.steps={args.steps}"])
-    ctx, batches, reps = setup(cfg)
-    times, phases = measure(cfg, ctx, batches, reps, args.steps)
+    ctx, reps = setup(cfg)
+    times, phases = measure(cfg, ctx, reps, args.steps)
     shutdown(ctx)
     if ctx.is_main:
         report(cfg, ctx, times, phases, args.warmup)

@@ -3,8 +3,9 @@
 # (ddtrain-launch -n 2: mpirun with ddtrain's flags; Gloo on CPU or NCCL on GPUs) that writes
 # metrics.jsonl and TensorBoard files.
 #   bash launch/quickstart.sh [extra Hydra overrides]
-# TORCH=...   pip arguments for torch (default: torch), e.g. TORCH=torch==2.13.0, or
-#             TORCH="torch --index-url https://download.pytorch.org/whl/cpu" for the CPU-only wheel
+# TORCH=...   pip arguments for torch and torchvision (default: torch torchvision), e.g.
+#             TORCH="torch==2.14.1 torchvision==0.29.1", or TORCH="torch torchvision
+#             --index-url https://download.pytorch.org/whl/cpu" for the CPU-only wheels
 # PYTHON=...  interpreter to build the venv with (default: python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q --upgrade pip
 # Unquoted on purpose: TORCH may hold a requirement and pip options (an index URL).
 # shellcheck disable=SC2086
-.venv/bin/python -m pip install -q ${TORCH:-torch}
+.venv/bin/python -m pip install -q ${TORCH:-torch torchvision}
 # A regular install, not an editable one: setuptools prints a notice for every editable install
 # of a package whose folders are mapped (configs/ ships as ddtrain.configs). tests/run.sh installs
 # editable, for development.

@@ -5,8 +5,9 @@
 #   bash tests/run.sh [pytest arguments]
 # The 20 slowest tests are listed at the end, so a creeping suite is seen.
 # GPU tests skip themselves without a GPU. TEST_WORKERS=N sets the parallel workers (0: serial).
-# TORCH=...   pip arguments for torch (default: torch), e.g. TORCH=torch==2.13.0, or
-#             TORCH="torch --index-url https://download.pytorch.org/whl/cpu" for the CPU-only wheel
+# TORCH=...   pip arguments for torch and torchvision (default: torch torchvision), e.g.
+#             TORCH="torch==2.14.1 torchvision==0.29.1", or TORCH="torch torchvision
+#             --index-url https://download.pytorch.org/whl/cpu" for the CPU-only wheels
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q --upgrade pip
 # Unquoted on purpose: TORCH may hold a requirement and pip options (an index URL).
 # shellcheck disable=SC2086
-.venv/bin/python -m pip install -q ${TORCH:-torch}
+.venv/bin/python -m pip install -q ${TORCH:-torch torchvision}
 .venv/bin/python -m pip install -q -e '.[dev]'
 
 # Tests run in parallel workers, one more than the usable CPUs (at most 8): the slow ones spend

@@ -2,9 +2,11 @@
 
 A checkpoint is one plain dict (tensors, numbers, strings: safe for ``weights_only`` loading):
 the model, the optimizer and its LR schedule, the step, the data position, and every rank's RNG
-state. The data position is ``step`` itself: batches are a pure function of the micro-step
-(``data/sharding.py``), so ``samples_seen = step x global batch`` pins it, and any world size with
-the same global batch reads the same samples from there on.
+state. The data position is the loader's (``data``: its next micro-step, seed and the data set's
+length): batches are a pure function of the micro-step (``data/loader.py``), so
+``samples_seen = step x global batch`` pins it, and any world size with the same global batch
+reads the same samples from there on, mid-epoch too. A data set whose length changed since is
+refused: its positions no longer name the same samples.
 
 Continuing is exact on the same world size (same RNG streams, same reduction order). On another
 world size with the same global batch the samples are the same but each rank's RNG stream cannot
@@ -78,6 +80,7 @@ def capture(step: int, rep, ctx: DistContext, cfg: TrainConfig, counters: dict[s
         "model": rep.model.state_dict(),
         "optimizer": rep.optimizer.state_dict(),
         "scheduler": rep.scheduler.state_dict(),
+        "data": rep.loader.state_dict(),
         "rng": rng,  # [world_size, bytes]: row r is rank r's generators
         "rng_device": ctx.device.type,
         "config": json.dumps(flat, sort_keys=True),
@@ -143,8 +146,17 @@ def restore(state: dict, rep, ctx: DistContext, cfg: TrainConfig, source: str) -
         raise ResumeRefused(
             f"cannot resume from {source}: its model does not fit this one ({first}); use the model.* "
             "settings of the run that wrote it, or trainer.resume=never") from None
+    data = state.get("data")
+    if data is not None and data["dataset_len"] != len(rep.loader.dataset):
+        raise ResumeRefused(
+            f"cannot resume from {source}: it read a data set of {data['dataset_len']} samples and this "
+            f"run's data={cfg.data.name} has {len(rep.loader.dataset)}, so its data position names other "
+            "samples; use the data it was written with, or start afresh with trainer.resume=never")
     rep.optimizer.load_state_dict(state["optimizer"])
     rep.scheduler.load_state_dict(state["scheduler"])
+    # The micro-step after the checkpoint's last batch: step x global batch samples from the
+    # start, whatever world size and accumulation split that global batch.
+    rep.loader.step = int(state["step"]) * cfg.trainer.grad_accum
     rng = state["rng"]
     if rng.shape[0] == ctx.world_size and state["rng_device"] == ctx.device.type:
         _set_rng_row(rng[ctx.rank], ctx.device)

@@ -8,12 +8,24 @@ language model trains on real text without any download.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ddtrain.config import DataConfig
+from ddtrain.config import DataConfig, check_positive
+from ddtrain.data.memory import InMemory, at_least_one_batch
 from ddtrain.data.spec import DataSpec
+from ddtrain.registry import DataEntry
+
+
+@dataclass(frozen=True)
+class CharsData(DataConfig):
+    name: str = "chars"
+    batch_size: int = 16
+    seq_len: int = 128  # context length, in characters
+    paths: tuple[str, ...] = ()  # text files; empty = the Python docs bundled with CPython
+
 
 # How much of each file is read to tell text from binary: an executable's or an image's header is
 # in its first bytes, and a few KB cost nothing to read per file.
@@ -87,7 +99,7 @@ def encode(text: str) -> tuple[torch.Tensor, str]:
     return torch.from_numpy(ids.astype(np.int64).reshape(-1)), vocab
 
 
-def windows(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, DataSpec, str]:
+def windows(cfg: CharsData) -> tuple[torch.Tensor, torch.Tensor, DataSpec, str]:
     """Non-overlapping windows of seq_len+1 characters: x = window[:-1], y = window[1:]; and vocab."""
     text = read_corpus(cfg.paths)
     width = cfg.seq_len + 1
@@ -103,3 +115,14 @@ def windows(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor, DataSpec, str]
     seq = ids[: count * width].reshape(count, width)
     spec = DataSpec(kind="tokens", seq_len=cfg.seq_len, vocab_size=len(vocab))
     return seq[:, :-1], seq[:, 1:], spec, vocab
+
+
+def build(cfg: CharsData, kind: str, seed: int, split: str) -> InMemory | None:
+    if split != "train":
+        return None
+    return at_least_one_batch(InMemory(*windows(cfg)), "chars", cfg.batch_size,
+                              ", lower data.seq_len or give more text in data.paths")
+
+
+ENTRY = DataEntry(name="chars", schema=CharsData, kinds=("tokens",), build=build,
+                  validate=lambda d: check_positive("data.seq_len", d.seq_len))

@@ -6,9 +6,19 @@ inside the scikit-learn wheel, so runs on air-gapped clusters still train on rea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ddtrain.config import DataConfig
+from ddtrain.data.memory import InMemory, at_least_one_batch
 from ddtrain.data.spec import DataSpec
+from ddtrain.registry import DataEntry
+
+
+@dataclass(frozen=True)
+class DigitsData(DataConfig):
+    name: str = "digits"
 
 
 def images() -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
@@ -25,3 +35,12 @@ def images() -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
     spec = DataSpec(kind="image", channels=1, image_size=8, num_classes=10)
     return x, y, spec
+
+
+def build(cfg: DigitsData, kind: str, seed: int, split: str) -> InMemory | None:
+    if split != "train":
+        return None
+    return at_least_one_batch(InMemory(*images()), "digits", cfg.batch_size, "")
+
+
+ENTRY = DataEntry(name="digits", schema=DigitsData, kinds=("image",), build=build)

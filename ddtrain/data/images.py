@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
+from ddtrain.config import ConfigError, DataConfig, check_choice, check_positive
 from ddtrain.data.spec import DataSpec
+from ddtrain.registry import DataEntry
 
 ON_BAD = ("skip", "stop")
 # ImageNet's per-channel statistics: the normalisation every torchvision classification recipe uses.
@@ -119,3 +122,30 @@ class ImageFolderSet(Dataset):
         if path not in self._warned:  # once per file and process: a bad file is met every epoch
             self._warned.add(path)
             _log.warning("skipping %s: it cannot be decoded as an image (%s)", path, exc)
+
+
+@dataclass(frozen=True)
+class ImagesData(DataConfig):
+    name: str = "images"
+    root: str | None = None  # ROOT/CLASS/*.jpg|png...; required
+    val_root: str | None = None  # the same classes, read by trainer.eval_every passes
+    image_size: int = 224  # side of the square crops the model sees
+    on_bad_image: str = "skip"  # skip: warn, naming the file, and read the next one | stop
+
+
+def validate(d: ImagesData) -> None:
+    if not d.root:
+        raise ConfigError(f"data=images needs data.root=DIR: a folder with {_LAYOUT}")
+    check_positive("data.image_size", d.image_size)
+    check_choice("data.on_bad_image", d.on_bad_image, ON_BAD)
+
+
+def build(d: ImagesData, kind: str, seed: int, split: str) -> ImageFolderSet | None:
+    root, key = (d.root, "data.root") if split == "train" else (d.val_root, "data.val_root")
+    if root is None:
+        return None
+    return ImageFolderSet(root, d.image_size, train=split == "train", on_bad=d.on_bad_image, key=key)
+
+
+ENTRY = DataEntry(name="images", schema=ImagesData, kinds=("image",), build=build, validate=validate,
+                  has_val=lambda d: d.val_root is not None)

@@ -19,13 +19,16 @@ torch.Generator, templates and chain first, so those depend on the seed alone.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ddtrain.config import DataConfig
+from ddtrain.config import ConfigError, DataConfig, check_positive, check_positives
+from ddtrain.data.memory import InMemory, at_least_one_batch
 from ddtrain.data.spec import DataSpec
 from ddtrain.data.synthetic import data_generator, markov_chain, markov_walk
+from ddtrain.registry import DataEntry
 
 # Weights of a frame's own template and of each neighbour's: a frame on a segment boundary is a
 # quarter its neighbour's (coarticulation); inside a segment the blend changes nothing.
@@ -33,6 +36,28 @@ _BLEND = (0.25, 0.5, 0.25)
 # Smoothing of the templates across channels, a spectral envelope's smoothness: neighbouring
 # channels of one template are correlated, so classes differ in broad shape, not single channels.
 _ENVELOPE = (1.0, 2.0, 3.0, 2.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SpeechData(DataConfig):
+    name: str = "speech"
+    batch_size: int = 4
+    samples: int = 4096  # utterances generated
+    seq_len: int = 32  # frames per utterance
+    features: int = 32  # spectral channels per frame
+    num_classes: int = 16  # phoneme classes
+    noise: float = 2.0  # std of the per-frame noise (the class templates have unit variance)
+    min_segment: int = 2  # frames of the shortest phoneme segment
+    max_segment: int = 8  # and of the longest
+
+
+def validate(d: SpeechData) -> None:
+    check_positives("data", d, "samples", "seq_len", "features", "min_segment")
+    check_positive("data.noise", d.noise, zero_ok=True)
+    if d.max_segment < d.min_segment:
+        raise ConfigError(f"data.max_segment={d.max_segment} must be >= data.min_segment={d.min_segment}")
+    if d.num_classes < 2:
+        raise ConfigError(f"data.num_classes={d.num_classes} must be >= 2")
 
 
 def templates(num_classes: int, features: int, g: torch.Generator) -> torch.Tensor:
@@ -56,7 +81,7 @@ def segment_of_frame(lengths: torch.Tensor, offset: torch.Tensor, seq_len: int) 
     return torch.searchsorted(ends, positions, right=True)
 
 
-def frames(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
+def frames(cfg: SpeechData, seed: int) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
     """``cfg.samples`` utterances: x float32 [samples, seq_len, features], y int64 [samples, seq_len]."""
     g = data_generator(seed)
     # Templates and chain first, so they depend only on the seed and the shapes.
@@ -76,3 +101,13 @@ def frames(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, Data
     x = clean + cfg.noise * torch.randn(clean.shape, generator=g)
     spec = DataSpec(kind="frames", seq_len=cfg.seq_len, features=cfg.features, num_classes=cfg.num_classes)
     return x, y, spec
+
+
+def build(cfg: SpeechData, kind: str, seed: int, split: str) -> InMemory | None:
+    if split != "train":
+        return None
+    data = InMemory(*frames(cfg, seed))
+    return at_least_one_batch(data, "speech", cfg.batch_size, " or raise data.samples")
+
+
+ENTRY = DataEntry(name="speech", schema=SpeechData, kinds=("frames",), build=build, validate=validate)

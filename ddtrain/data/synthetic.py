@@ -10,11 +10,15 @@ Everything is drawn from one seeded torch.Generator, so the same seed gives the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from ddtrain.config import DataConfig
+from ddtrain.config import ConfigError, DataConfig, check_positives
+from ddtrain.data.memory import InMemory, at_least_one_batch
 from ddtrain.data.spec import DataSpec
+from ddtrain.registry import DataEntry
 
 # Mixed into the seed because torch.manual_seed(seed), which model initialisation uses, starts
 # the very same stream as Generator().manual_seed(seed): unmixed, the teacher would be an exact
@@ -34,12 +38,31 @@ _NOISE_SHARE = 0.1  # of each pixel's variance: noise independent of the latent
 _SUCCESSORS = 4
 
 
+@dataclass(frozen=True)
+class SyntheticData(DataConfig):
+    name: str = "synthetic"
+    samples: int = 4096  # size of the generated set
+    image_size: int = 32  # images
+    channels: int = 3  # images
+    num_classes: int = 10  # images
+    seq_len: int = 64  # tokens: context length
+    vocab_size: int = 64  # tokens
+
+
+def validate(d: SyntheticData) -> None:
+    check_positives("data", d, "samples", "image_size", "channels", "seq_len")
+    if d.num_classes < 2:
+        raise ConfigError(f"data.num_classes={d.num_classes} must be >= 2")
+    if d.vocab_size < 2:
+        raise ConfigError(f"data.vocab_size={d.vocab_size} must be >= 2")
+
+
 def data_generator(seed: int) -> torch.Generator:
     """The generator every generated data set draws from: ``seed``, salted."""
     return torch.Generator().manual_seed(seed + _SEED_SALT)
 
 
-def images(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
+def images(cfg: SyntheticData, seed: int) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
     """``cfg.samples`` images [C, H, W] with unit-variance pixels, drawn from a ``_LATENT``-dim
     Gaussian latent z through a random linear "decoder" plus pixel noise, and labelled by the
     argmax of a random linear teacher on z (recoverable from the image by a linear map)."""
@@ -112,10 +135,21 @@ def markov_walk(successors: torch.Tensor, cdf: torch.Tensor, steps: int, count: 
     return torch.from_numpy(seq)
 
 
-def tokens(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
+def tokens(cfg: SyntheticData, seed: int) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
     """``cfg.samples`` sequences of a random Markov chain; x = seq[:-1], y = seq[1:] (int64)."""
     g = data_generator(seed)
     successors, cdf = markov_chain(cfg.vocab_size, g)
     seq = markov_walk(successors, cdf, cfg.seq_len, cfg.samples, g)
     spec = DataSpec(kind="tokens", seq_len=cfg.seq_len, vocab_size=cfg.vocab_size)
     return seq[:, :-1], seq[:, 1:], spec
+
+
+def build(cfg: SyntheticData, kind: str, seed: int, split: str) -> InMemory | None:
+    if split != "train":
+        return None
+    data = InMemory(*(images if kind == "image" else tokens)(cfg, seed))
+    return at_least_one_batch(data, "synthetic", cfg.batch_size, " or raise data.samples")
+
+
+ENTRY = DataEntry(name="synthetic", schema=SyntheticData, kinds=("image", "tokens"), build=build,
+                  validate=validate)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ddtrain.config import ConfigError, DataConfig, check_choice, check_positive
 from ddtrain.data.spec import DataSpec
+from ddtrain.registry import DataEntry
 
 # Explicitly little-endian: the files are written on x86/ARM hosts and must read alike everywhere.
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
@@ -164,3 +167,34 @@ class TokenWindows(Dataset):
                 "or check data.dtype"
             )
         return window[:-1], window[1:]
+
+
+@dataclass(frozen=True)
+class TokensData(DataConfig):
+    name: str = "tokens"
+    batch_size: int = 16
+    path: str | None = None  # the training ids; required
+    val_path: str | None = None  # the validation ids, read by trainer.eval_every passes
+    dtype: str = "uint16"  # uint16 | uint32: as the file was written
+    seq_len: int = 128  # context length, in tokens
+    vocab_size: int = 0  # 0: meta.json beside the file, else the highest id + 1
+
+
+def validate(d: TokensData) -> None:
+    if not d.path:
+        raise ConfigError("data=tokens needs data.path=FILE.bin (token ids; python -m "
+                          "ddtrain.data.prepare_tokens IN.txt --out DIR writes DIR/train.bin)")
+    check_choice("data.dtype", d.dtype, DTYPES)
+    check_positive("data.seq_len", d.seq_len)
+    check_positive("data.vocab_size", d.vocab_size, zero_ok=True)
+
+
+def build(d: TokensData, kind: str, seed: int, split: str) -> TokenWindows | None:
+    path, key = (d.path, "data.path") if split == "train" else (d.val_path, "data.val_path")
+    if path is None:
+        return None
+    return TokenWindows(path, d.seq_len, d.dtype, d.vocab_size, key=key)
+
+
+ENTRY = DataEntry(name="tokens", schema=TokensData, kinds=("tokens",), build=build, validate=validate,
+                  has_val=lambda d: d.val_path is not None)

@@ -121,6 +121,15 @@ def all_max_each(ctx: DistContext, values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_sum_each(ctx: DistContext, values: list[float]) -> list[float]:
+    """Elementwise sum over ranks of a list of host floats, in one collective (float64)."""
+    if ctx.backend is None or not values:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_coll_device(ctx))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.backend is not None:
         dist.barrier()

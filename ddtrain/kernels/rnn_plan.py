@@ -17,14 +17,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ddtrain.config import RNN_PATHS as PATHS  # the names model.path accepts; config owns them
-
 KiB = 1024
 # Share of the register file the weight slice may take; the rest holds h, partial sums, pointers.
 # A starting value, not a tuned one: change it with `onchip_fraction`.
 ONCHIP_FRACTION = 0.75
 MAX_PERSISTENT_BATCH = 64  # beyond this the step is a real GEMM and cuDNN's tiling wins
 MATMULS = ("fma", "dot")
+# How a recurrent layer may run; the names model.path accepts ("auto": the planner picks).
+PATHS = ("auto", "persistent", "stepwise", "cudnn", "reference")
 
 
 @dataclass(frozen=True)

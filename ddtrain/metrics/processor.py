@@ -26,8 +26,9 @@ class Workload:
     """What one optimizer step processes, for turning step times into rates."""
 
     samples_per_step: int  # global: ranks x batch x grad_accum
-    flops_per_sample: float  # forward + backward, analytic
+    flops_per_sample: float  # forward + backward
     tokens_per_sample: int  # 0 for models that do not read tokens
+    flops_source: str = "the model's flops_per_sample()"  # or counted on one batch (perf/flops.py)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class MetricsProcessor:
         self._lr, self._epoch, self._bar = lr, epoch, progress
         self._data_s: list[float] = []
         self.history: list[dict[str, Any]] = []
+        self.validations: list[dict[str, Any]] = []
 
     def step(self, view: StepView) -> dict[str, Any] | None:
         """Account one step; on a logging step, build the record, write it and return it."""
@@ -67,6 +69,14 @@ class MetricsProcessor:
         if self._bar is not None:
             self._bar.update(1)
         return record
+
+    def validation(self, step: int, result: dict[str, float]) -> None:
+        """Write a validation pass's result (already reduced over ranks) as its own record."""
+        record = {"step": step, "split": "val", **result}
+        self.validations.append(record)
+        self.writer.log(record)
+        accuracy = f", accuracy {result['val_accuracy']:.4f}" if "val_accuracy" in result else ""
+        log.info("step %d: val loss %.4f%s", step, result["val_loss"], accuracy)
 
     def close(self) -> None:
         if self._bar is not None:

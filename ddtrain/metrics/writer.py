@@ -25,6 +25,8 @@ TAGS = {
     "optimizer_s": "time/optimizer(s)",
     "grad_norm": "optim/grad_norm",
     "skipped_steps": "optim/skipped_steps(count)",
+    "val_loss": "loss/val",
+    "val_accuracy": "accuracy/val(fraction)",
 }
 
 

@@ -8,12 +8,29 @@ single-process run it is meant to reproduce (unless the statistics are synchroni
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddtrain.config import ConvNetConfig
+from ddtrain.config import check_choice, check_positives
 from ddtrain.data.spec import DataSpec
+from ddtrain.registry import ModelEntry
+
+
+@dataclass(frozen=True)
+class ConvNetConfig:
+    name: str = "convnet"
+    width: int = 32  # channels of the first stage; doubled at each later stage
+    stages: int = 3
+    blocks_per_stage: int = 1
+    norm: str = "group"  # group | batch
+
+
+def validate(m: ConvNetConfig) -> None:
+    check_positives("model", m, "width", "stages", "blocks_per_stage")
+    check_choice("model.norm", m.norm, ["group", "batch"])
 
 
 def group_count(channels: int) -> int:
@@ -135,3 +152,6 @@ class ConvNet(ResidualNet):
             spec.image_size, BasicBlock, [cfg.blocks_per_stage] * cfg.stages, cfg.width, cfg.norm,
             spec.num_classes,
         )
+
+
+ENTRY = ModelEntry(name="convnet", schema=ConvNetConfig, input_kind="image", build=ConvNet, validate=validate)

@@ -6,12 +6,32 @@ shares the token embedding's weight.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddtrain.config import GPTConfig
+from ddtrain.config import ConfigError, check_positives
 from ddtrain.data.spec import DataSpec
+from ddtrain.registry import ModelEntry
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    name: str = "gpt"
+    layers: int = 4
+    heads: int = 4
+    dim: int = 128
+    dropout: float = 0.0
+
+
+def validate(m: GPTConfig) -> None:
+    check_positives("model", m, "layers", "heads", "dim")
+    if m.dim % m.heads:
+        raise ConfigError(f"model.dim={m.dim} must be divisible by model.heads={m.heads}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
 
 
 def _dropout(p: float) -> nn.Module:
@@ -100,3 +120,6 @@ class GPT(nn.Module):
         layers = len(self.blocks)
         per_token = layers * (24 * d * d + 4 * t * d) + 2 * d * self.tok.num_embeddings
         return 3 * t * per_token
+
+
+ENTRY = ModelEntry(name="gpt", schema=GPTConfig, input_kind="tokens", build=GPT, validate=validate)

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ddtrain.config import MLPConfig
+from ddtrain.config import check_positives
 from ddtrain.data.spec import DataSpec
+from ddtrain.registry import ModelEntry
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    name: str = "mlp"
+    hidden: int = 256
+    layers: int = 3  # hidden layers
+
+
+def validate(m: MLPConfig) -> None:
+    check_positives("model", m, "hidden", "layers")
 
 
 class MLP(nn.Module):
@@ -35,3 +49,6 @@ class MLP(nn.Module):
         pairs = list(zip(self._widths[:-1], self._widths[1:], strict=True))
         first_in, first_out = pairs[0]
         return 4 * first_in * first_out + sum(6 * i * o for i, o in pairs[1:])
+
+
+ENTRY = ModelEntry(name="mlp", schema=MLPConfig, input_kind="image", build=MLP, validate=validate)

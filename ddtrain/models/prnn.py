@@ -15,16 +15,44 @@ batch b differ from one rank of batch N*b (see ddtrain/models/convnet.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ddtrain.config import PRNNConfig
+from ddtrain.config import ConfigError, check_choice, check_positive, check_positives
 from ddtrain.data.spec import DataSpec
 from ddtrain.kernels.persistent_rnn import PersistentGRU, PersistentRNN
+from ddtrain.kernels.rnn_plan import PATHS
 from ddtrain.kernels.rnn_reference import GATES
+from ddtrain.registry import ModelEntry
 
 # Deep Speech 2's clip: ReLU outputs capped at 20 keep the activations bounded.
 RELU_CLIP = 20.0
+
+
+@dataclass(frozen=True)
+class PRNNConfig:
+    name: str = "prnn"
+    conv_layers: int = 1  # Conv1d layers over time in front of the recurrence (0: none)
+    conv_channels: int = 128
+    kernel: int = 5  # frames each conv sees; odd, so stride-1 'same' padding keeps every frame
+    cell: str = "gru"  # gru | rnn
+    nonlinearity: str = "relu"  # cell=rnn only: relu | tanh
+    hidden: int = 128
+    layers: int = 3  # recurrent layers
+    path: str = "auto"  # one of the planner's PATHS (ddtrain/kernels/rnn_plan.py picks among them)
+
+
+def validate(m: PRNNConfig) -> None:
+    check_positive("model.conv_layers", m.conv_layers, zero_ok=True)
+    check_positives("model", m, "conv_channels", "kernel", "hidden", "layers")
+    if m.kernel % 2 == 0:
+        raise ConfigError(f"model.kernel={m.kernel} must be odd (stride-1 'same' padding keeps one "
+                          "output per frame only for odd kernels); e.g. 3 or 5")
+    check_choice("model.cell", m.cell, ["gru", "rnn"])
+    check_choice("model.nonlinearity", m.nonlinearity, ["relu", "tanh"])
+    check_choice("model.path", m.path, PATHS)
 
 
 class PRNN(nn.Module):
@@ -87,3 +115,6 @@ class PRNN(nn.Module):
         layers.append((2 * self.head.in_features * self.head.out_features, False))
         per_frame = sum((2 if reads_data else 3) * flops for flops, reads_data in layers)
         return self.seq_len * per_frame
+
+
+ENTRY = ModelEntry(name="prnn", schema=PRNNConfig, input_kind="frames", build=PRNN, validate=validate)

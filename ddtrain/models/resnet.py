@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddtrain.config import ResNetConfig
+from ddtrain.config import ConfigError, check_choice, check_positive
 from ddtrain.data.spec import DataSpec
 from ddtrain.models.convnet import (
     BasicBlock,
@@ -21,6 +23,24 @@ from ddtrain.models.convnet import (
     norm_layer,
     shortcut,
 )
+from ddtrain.registry import ModelEntry
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    name: str = "resnet"
+    depth: int = 18  # 18 | 34 | 50
+    width: int = 64
+    norm: str = "group"  # group | batch
+    stem: str = "auto"  # auto | imagenet | cifar (auto: cifar for images below 64 px)
+
+
+def validate(m: ResNetConfig) -> None:
+    if m.depth not in (18, 34, 50):
+        raise ConfigError(f"model.depth={m.depth} is not allowed; choose one of: 18, 34, 50")
+    check_positive("model.width", m.width)
+    check_choice("model.norm", m.norm, ["group", "batch"])
+    check_choice("model.stem", m.stem, ["auto", "imagenet", "cifar"])
 
 
 class Bottleneck(nn.Module):
@@ -95,3 +115,6 @@ class ResNet(ResidualNet):
         # depth 18 / 34 / 50, the figures torchvision's model table lists as "GFLOPS" (they are
         # multiply-adds), so one training sample costs ~6x those in FLOPs.
         self._build(stem, stem_flops, size, block, counts, cfg.width, cfg.norm, spec.num_classes)
+
+
+ENTRY = ModelEntry(name="resnet", schema=ResNetConfig, input_kind="image", build=ResNet, validate=validate)

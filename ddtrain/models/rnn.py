@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ddtrain.config import RNNConfig
+from ddtrain.config import check_positives
 from ddtrain.data.spec import DataSpec
+from ddtrain.registry import ModelEntry
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    name: str = "rnn"
+    embed: int = 64
+    hidden: int = 256
+    layers: int = 2
+
+
+def validate(m: RNNConfig) -> None:
+    check_positives("model", m, "embed", "hidden", "layers")
 
 
 class GRULM(nn.Module):
@@ -39,3 +54,6 @@ class GRULM(nn.Module):
             per_step += 3 * (2 * fan_in * gru.hidden_size + 2 * gru.hidden_size**2)
         per_step += 2 * self.head.in_features * self.head.out_features
         return 3 * self.seq_len * per_step
+
+
+ENTRY = ModelEntry(name="rnn", schema=RNNConfig, input_kind="tokens", build=GRULM, validate=validate)

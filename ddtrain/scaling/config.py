@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ddtrain.config import ConfigError, TrainConfig, _build, _choice, _positive, from_mapping
+from ddtrain.config import ConfigError, TrainConfig, build_section, check_choice, check_positive, from_mapping
 from ddtrain.launcher.flavour import FLAVOURS
 from ddtrain.launcher.policy import LAUNCHERS
 from ddtrain.scaling.model import Cluster
@@ -57,16 +57,16 @@ class ScaleConfig:
 
 
 def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
-    scale = _build(ScaleConfig, raw, "scale")
+    scale = build_section(ScaleConfig, raw, "scale")
     if not scale.world_sizes:
         raise ConfigError("scale.world_sizes is empty; write e.g. scale.world_sizes=[1,2,4]")
     for n in scale.world_sizes:
         if n < 1:
             raise ConfigError(f"scale.world_sizes contains {n}; every size must be >= 1")
     scale = dataclasses.replace(scale, world_sizes=tuple(sorted(set(scale.world_sizes))))
-    _choice("scale.mode", scale.mode, MODES)
-    _choice("scale.launcher", scale.launcher, LAUNCHERS)
-    _choice("scale.mpi", scale.mpi, ("auto", *FLAVOURS))
+    check_choice("scale.mode", scale.mode, MODES)
+    check_choice("scale.launcher", scale.launcher, LAUNCHERS)
+    check_choice("scale.mpi", scale.mpi, ("auto", *FLAVOURS))
     if scale.launcher == "srun" and scale.hostfile:
         raise ConfigError(f"scale.hostfile={scale.hostfile!r} is for mpirun; under srun the allocation "
                           "decides the nodes; fix: leave scale.hostfile out")
@@ -77,20 +77,20 @@ def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
         )
     if scale.steps < 3:
         raise ConfigError(f"scale.steps={scale.steps} must be >= 3 (medians and p90 need a few steps)")
-    _positive("scale.warmup_steps", scale.warmup_steps, zero_ok=True)
-    _positive("scale.repeats", scale.repeats)
-    _positive("scale.predict_to", scale.predict_to, zero_ok=True)
-    _positive("scale.global_batch", scale.global_batch, zero_ok=True)
-    _positive("scale.threads_per_rank", scale.threads_per_rank, zero_ok=True)
-    _positive("scale.allreduce_max_mb", scale.allreduce_max_mb)
-    _positive("scale.timeout_s", scale.timeout_s)
+    check_positive("scale.warmup_steps", scale.warmup_steps, zero_ok=True)
+    check_positive("scale.repeats", scale.repeats)
+    check_positive("scale.predict_to", scale.predict_to, zero_ok=True)
+    check_positive("scale.global_batch", scale.global_batch, zero_ok=True)
+    check_positive("scale.threads_per_rank", scale.threads_per_rank, zero_ok=True)
+    check_positive("scale.allreduce_max_mb", scale.allreduce_max_mb)
+    check_positive("scale.timeout_s", scale.timeout_s)
     return scale
 
 
 def parse_cluster(raw: Mapping[str, Any]) -> Cluster:
     """A cluster description, type-checked like the training config; Cluster checks ranges."""
     try:
-        return _build(Cluster, raw, "cluster")
+        return build_section(Cluster, raw, "cluster")
     except ValueError as e:  # ConfigError is one; Cluster's own range checks raise ValueError
         raise ConfigError(str(e)) from None
 

@@ -9,6 +9,7 @@ them for ``cfg.comm``.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -17,11 +18,13 @@ import torch
 from ddtrain.comm.buckets import MiB, plan_buckets
 from ddtrain.comm.reducer import COMM_DTYPES
 from ddtrain.config import TrainConfig
-from ddtrain.data import ShardedBatches, build_dataset
-from ddtrain.models import INPUT_KIND, build_model
+from ddtrain.data.feed import loader_workers, to_device, train_loader
+from ddtrain.launcher.cores import usable_cpus
+from ddtrain.loss import build_loss
 from ddtrain.optim import build_optimizer
+from ddtrain.perf.flops import flops_per_sample
 from ddtrain.scaling.model import Bucket, Profile
-from ddtrain.trainer import autocast, loss_of
+from ddtrain.trainer import autocast, build_datasets, make_model
 
 
 def _now(device: torch.device) -> float:
@@ -32,11 +35,15 @@ def _now(device: torch.device) -> float:
 
 def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps: int = 12,
                    warmup: int = 3) -> Profile:
-    dataset = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, dataset.spec).to(device)
+    dataset, _ = build_datasets(cfg)
+    model = make_model(cfg, getattr(dataset, "spec", None)).to(device)
     optimizer, _ = build_optimizer(cfg.optim, model, warmup + steps)
-    batches = ShardedBatches(dataset, batch, 0, 1, cfg.seed)
+    loss_fn = build_loss(cfg.loss)
+    loader = train_loader(dataclasses.replace(cfg.data, batch_size=batch), dataset, rank=0, world_size=1,
+                          seed=cfg.seed, workers=loader_workers(cfg.data, dataset, usable_cpus(), 1),
+                          pin_memory=device.type == "cuda")
+    flops, _source = flops_per_sample(model, lambda: to_device(loader.batch_at(0), device), batch, loss_fn)
+    batches = loader.stream()
     params = [p for p in model.parameters() if p.requires_grad]
     elsize = COMM_DTYPES[cfg.comm.dtype].itemsize  # as the reducer plans its buckets
     plan = plan_buckets([p.numel() for p in params], elsize, cfg.comm.bucket_mb * MiB,
@@ -55,11 +62,10 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
         for step in range(warmup + steps):
             seen.clear()
             t0 = _now(device)
-            x, y = batches.get(step)
-            x, y = x.to(device), y.to(device)
+            x, y = to_device(next(batches), device)
             t1 = _now(device)
             with autocast(device, cfg.trainer.precision):
-                loss = loss_of(model(x), y)
+                loss = loss_fn(model(x), y)
             t2 = _now(device)
             loss.backward()
             t3 = _now(device)
@@ -75,6 +81,7 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
             total.append(t4 - t0)
             ready.append(ready_fractions(seen, plan.members, t2, t3))
     finally:
+        batches.close()
         for h in handles:
             h.remove()
 
@@ -85,7 +92,7 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
     cv = statistics.pstdev(total) / med(total) if len(total) > 1 else 0.0
     return Profile(
         batch=batch, forward_s=med(fwd), backward_s=med(bwd), optimizer_s=med(opt), data_s=med(data),
-        buckets=buckets, flops_per_sample=float(model.flops_per_sample()), cv=cv,
+        buckets=buckets, flops_per_sample=float(flops), cv=cv,
     )
 
 

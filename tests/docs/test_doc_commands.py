@@ -41,11 +41,10 @@ import pytest
 
 from ddtrain import config as schema
 from ddtrain.cli import preflight
-from ddtrain.config import ConfigError, from_mapping
-from ddtrain.data import _check_kind  # the run's own model/data check, without building the data
+from ddtrain.config import from_mapping
 from ddtrain.launcher import cli as launch_cli
 from ddtrain.metrics import TAGS
-from ddtrain.models import INPUT_KIND
+from ddtrain.registry import datasets, input_kind, models
 from ddtrain.scaling.config import ScaleConfig, parse_study
 from ddtrain.scaling.model import Cluster
 
@@ -111,10 +110,7 @@ def bash_commands(text: str, name: str) -> list[Command]:
 
 # ----------------------------------------------------------------------------- Hydra overrides
 def _kinds_match(cfg) -> None:
-    try:
-        _check_kind(cfg.data.name, INPUT_KIND[cfg.model.name])
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    input_kind(cfg.model.name, cfg.data.name)  # the run's own model/data check, no data built
 
 
 VALIDATE = {
@@ -279,19 +275,21 @@ def check(words) -> list[str]:
 
 # ----------------------------------------------------------------------------- inline code
 def _names(cls) -> set[str]:
-    return {f.name for f in fields(cls)}
+    aliases = {name: alias for alias, name in getattr(cls, "ALIASES", {}).items()}
+    return {aliases.get(f.name, f.name) for f in fields(cls)}
 
 
 SECTION_KEYS = {
-    "model": set().union(*map(_names, schema.MODEL_SCHEMAS.values())),
-    "data": _names(schema.DataConfig),
+    "model": set().union(*(_names(e.schema) for e in models().values())),
+    "data": set().union(*(_names(e.schema) for e in datasets().values())),
+    "loss": _names(schema.LossConfig),
     "optim": _names(schema.OptimConfig),
     "comm": _names(schema.CommConfig),
     "trainer": _names(schema.TrainerConfig),
     "scale": _names(ScaleConfig),
     "cluster": _names(Cluster),
 }
-_KEY = re.compile(r"(?<![\w./-])(model|data|optim|comm|trainer|scale|cluster)\.(\w+)")
+_KEY = re.compile(r"(?<![\w./-])(model|data|loss|optim|comm|trainer|scale|cluster)\.(\w+)")
 _OPTION = re.compile(r"(?<![\w./-])\+?(model|data|optim|cluster|experiment)=([\w|\\]+)")
 
 

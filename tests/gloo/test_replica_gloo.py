@@ -8,9 +8,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ddtrain.config import MLPConfig, TrainConfig, to_flat_dict
+from ddtrain.config import TrainConfig, to_flat_dict
 from ddtrain.errors import JobError
 from ddtrain.fault.replica import DIVERGENCE_FIX, STARTUP_FIX, check_replicas, verify_replicas
+from ddtrain.models.mlp import MLPConfig
 from tests.gloo.harness import run_ranks
 
 HIDDEN = 8

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from ddtrain.ckpt import catalog
-from ddtrain.config import GPTConfig, OptimConfig, TrainConfig
+from ddtrain.config import OptimConfig, TrainConfig
 from ddtrain.data import build_dataset
 from ddtrain.errors import JobError
 from ddtrain.fault.signals import StopRequest
-from ddtrain.models import INPUT_KIND
+from ddtrain.models.gpt import GPTConfig
+from ddtrain.registry import input_kind
 from ddtrain.trainer import train
 from tests.gloo.harness import run_ranks
 from tests.gloo.workloads import params_of, single_process, tiny
@@ -100,7 +101,8 @@ class NaNOnce:
 
 
 def nan_on_rank1_step3(cfg, my_rank):
-    return NaNOnce(build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed), 1, my_rank, 3)
+    base = build_dataset(cfg.data, input_kind(cfg.model.name, cfg.data.name), cfg.seed)
+    return NaNOnce(base, 1, my_rank, 3)
 
 
 def perturb_rank1_after_step3(step, rep):

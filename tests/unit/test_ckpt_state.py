@@ -12,7 +12,7 @@ from ddtrain.ckpt.file import decode, encode
 from ddtrain.ckpt.manager import Checkpointer, checkpoint_dir
 from ddtrain.ckpt.state import ResumeRefused, capture, check_resume, restore
 from ddtrain.data import build_dataset
-from ddtrain.models import INPUT_KIND
+from ddtrain.registry import input_kind
 from ddtrain.trainer import build_replica
 from tests.gloo.workloads import single_process, tiny
 
@@ -24,8 +24,8 @@ def cfg_with(ckpt_dir=None, **trainer):
 
 
 def replica(cfg):
-    spec = build_dataset(cfg.data, INPUT_KIND[cfg.model.name], cfg.seed).spec
-    return build_replica(cfg, single_process(), spec)
+    dataset = build_dataset(cfg.data, input_kind(cfg.model.name, cfg.data.name), cfg.seed)
+    return build_replica(cfg, single_process(), dataset)
 
 
 def test_a_captured_state_survives_the_safe_loader_and_restores_everything():

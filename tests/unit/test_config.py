@@ -12,20 +12,23 @@ from ddtrain.cli import compose_config
 from ddtrain.config import (
     CommConfig,
     ConfigError,
-    ConvNetConfig,
-    DataConfig,
-    GPTConfig,
-    MLPConfig,
     OptimConfig,
-    PRNNConfig,
-    ResNetConfig,
-    RNNConfig,
     TrainConfig,
     TrainerConfig,
     from_mapping,
     to_flat_dict,
     validate,
 )
+from ddtrain.data.chars import CharsData
+from ddtrain.data.speech import SpeechData
+from ddtrain.data.synthetic import SyntheticData
+from ddtrain.models.convnet import ConvNetConfig
+from ddtrain.models.gpt import GPTConfig
+from ddtrain.models.mlp import MLPConfig
+from ddtrain.models.prnn import PRNNConfig
+from ddtrain.models.resnet import ResNetConfig
+from ddtrain.models.rnn import RNNConfig
+from ddtrain.registry import models
 
 CONFIGS = resources.files("ddtrain.configs")
 MODEL_OPTIONS = sorted(p.name.removesuffix(".yaml") for p in (CONFIGS / "model").iterdir()
@@ -55,7 +58,8 @@ def test_empty_mapping_gives_the_defaults():
      ("gpt", GPTConfig), ("prnn", PRNNConfig)],
 )
 def test_each_model_name_builds_its_own_schema(name, schema):
-    cfg = from_mapping({"model": {"name": name}})
+    data = {"prnn": "speech"}.get(name, "synthetic")  # a data set that gives what it reads
+    cfg = from_mapping({"model": {"name": name}, "data": {"name": data}})
     assert type(cfg.model) is schema
     assert cfg.model == schema()
 
@@ -73,13 +77,14 @@ def test_values_override_defaults_and_ints_become_floats():
     assert type(cfg.optim.lr) is float
     assert cfg.trainer == TrainerConfig(steps=7, progress=False)
     assert cfg.seed == 3
-    assert cfg.data == DataConfig() and cfg.comm == CommConfig()
+    assert cfg.data == SyntheticData() and cfg.comm == CommConfig()
 
 
 @pytest.mark.parametrize("paths, expected", [([], ()), (["a.txt", "b.txt"], ("a.txt", "b.txt")),
                                              ("one.txt", ("one.txt",))])
 def test_paths_become_a_tuple(paths, expected):
-    assert from_mapping({"data": {"name": "chars", "paths": paths}}).data.paths == expected
+    raw = {"model": {"name": "gpt"}, "data": {"name": "chars", "paths": paths}}
+    assert from_mapping(raw).data.paths == expected
 
 
 def test_configs_are_frozen():
@@ -94,13 +99,14 @@ BAD = [
     ({"comm": {"bucket_mb": -1}}, "comm.bucket_mb", ["> 0"]),
     ({"comm": {"first_bucket_mb": 0}}, "comm.first_bucket_mb", ["> 0"]),
     ({"data": {"batch_size": 0}}, "data.batch_size", ["> 0"]),
-    ({"model": {"name": "foo"}}, "model", ["mlp", "convnet", "resnet", "rnn", "gpt", "prnn"]),
+    ({"model": {"name": "foo"}}, "model", ["mlp", "convnet", "resnet", "rnn", "gpt", "prnn", "custom"]),
     ({"comm": {"dtype": "int8"}}, "comm.dtype", ["fp32", "bf16", "fp16"]),
     ({"comm": {"engine": "horovod"}}, "comm.engine", ["ddtrain", "torch_ddp"]),
     ({"comm": {"pack": "cuda"}}, "comm.pack", ["auto", "triton", "torch"]),
     ({"trainer": {"precision": "fp8"}}, "trainer.precision", ["fp32", "bf16"]),
     ({"optim": {"schedule": "step"}}, "optim.schedule", ["constant", "cosine", "linear"]),
-    ({"data": {"name": "imagenet"}}, "data", ["synthetic", "digits", "chars", "speech"]),
+    ({"data": {"name": "imagenet"}}, "data", ["synthetic", "digits", "chars", "speech", "tokens", "images",
+                                          "custom"]),
     ({"data": {"batch_sizee": 64}}, "data.batch_sizee", ["batch_size", "seq_len"]),
     ({"model": {"name": "mlp", "heads": 4}}, "model.heads", ["hidden", "layers"]),
     ({"optimizer": {"lr": 0.1}}, "optimizer", ["optim", "trainer"]),
@@ -110,7 +116,7 @@ BAD = [
     ({"trainer": {"progress": "yes"}}, "trainer.progress", ["true", "false"]),
     ({"tensorboard": 1}, "tensorboard", ["true", "false"]),
     ({"optim": {"lr": "fast"}}, "optim.lr", ["number"]),
-    ({"data": {"paths": 5}}, "data.paths", ["list"]),
+    ({"data": {"name": "chars", "paths": 5}}, "data.paths", ["list"]),
     ({"model": {"name": "gpt", "dim": 130, "heads": 4}}, "model.dim", ["divisible", "model.heads=4"]),
     ({"model": {"name": "gpt", "dropout": 1.0}}, "model.dropout", ["[0, 1)"]),
     ({"model": {"name": "resnet", "depth": 20}}, "model.depth", ["18", "34", "50"]),
@@ -127,10 +133,11 @@ BAD = [
     ({"model": {"name": "prnn", "conv_layers": -1}}, "model.conv_layers", [">= 0"]),
     ({"model": {"name": "prnn", "hidden": 0}}, "model.hidden", ["> 0"]),
     ({"model": {"name": "prnn", "embed": 64}}, "model.embed", ["conv_layers", "cell", "path"]),
-    ({"data": {"features": 0}}, "data.features", ["> 0"]),
-    ({"data": {"noise": -0.5}}, "data.noise", [">= 0"]),
-    ({"data": {"min_segment": 0}}, "data.min_segment", ["> 0"]),
-    ({"data": {"min_segment": 4, "max_segment": 3}}, "data.max_segment", ["data.min_segment=4"]),
+    ({"data": {"name": "speech", "features": 0}}, "data.features", ["> 0"]),
+    ({"data": {"name": "speech", "noise": -0.5}}, "data.noise", [">= 0"]),
+    ({"data": {"name": "speech", "min_segment": 0}}, "data.min_segment", ["> 0"]),
+    ({"data": {"name": "speech", "min_segment": 4, "max_segment": 3}}, "data.max_segment",
+     ["data.min_segment=4"]),
 ]
 
 
@@ -165,16 +172,16 @@ def test_config_error_is_a_value_error():
 def test_validate_checks_configs_built_in_code():
     validate(TrainConfig())
     with pytest.raises(ConfigError, match="data.batch_size"):
-        validate(TrainConfig(data=DataConfig(batch_size=0)))
+        validate(TrainConfig(data=SyntheticData(batch_size=0)))
     with pytest.raises(ConfigError, match="model.dim"):
         validate(TrainConfig(model=GPTConfig(dim=10, heads=4)))
 
 
 # --------------------------------------------------------------------------- flat view
 def test_flat_dict_has_one_dotted_scalar_per_field():
-    cfg = TrainConfig(model=GPTConfig(), data=DataConfig(name="chars", paths=("a.txt", "b.txt")))
+    cfg = TrainConfig(model=GPTConfig(), data=CharsData(paths=("a.txt", "b.txt")))
     flat = to_flat_dict(cfg)
-    expected_keys = {"seed", "tensorboard"}
+    expected_keys = {"seed", "tensorboard", "loss._target_"}
     for section in ("model", "data", "optim", "comm", "trainer"):
         expected_keys |= {f"{section}.{f.name}" for f in dataclasses.fields(getattr(cfg, section))}
     assert set(flat) == expected_keys
@@ -192,15 +199,18 @@ def composed(overrides: list[str]) -> TrainConfig:
 
 
 def test_the_groups_hold_every_model():
-    assert MODEL_OPTIONS == sorted(["mlp", "convnet", "resnet", "rnn", "gpt", "prnn"])
+    assert MODEL_OPTIONS == sorted(["mlp", "convnet", "resnet", "rnn", "gpt", "prnn", "custom"])
+    assert MODEL_OPTIONS == sorted(models())  # one YAML per registry entry
     assert EXPERIMENTS  # the glob found the presets
 
 
-@pytest.mark.parametrize("model", MODEL_OPTIONS)
+# model=custom needs a _target_: tests/unit/test_plugins.py composes it.
+@pytest.mark.parametrize("model", [m for m in MODEL_OPTIONS if m != "custom"])
 def test_every_model_group_composes_to_a_valid_config(model):
-    cfg = composed([f"model={model}", "data=synthetic"])
+    data = "speech" if model == "prnn" else "synthetic"  # a data set that gives what it reads
+    cfg = composed([f"model={model}", f"data={data}"])
     assert cfg.model.name == model
-    assert cfg.data.name == "synthetic"
+    assert cfg.data.name == data
     # The YAML spells out each field: what it says is what the job gets.
     yaml = OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / f"{model}.yaml"))
     assert dataclasses.asdict(cfg.model) == yaml
@@ -231,25 +241,21 @@ def test_speech_group_spells_out_its_keys_and_the_defaults_agree():
     cfg = composed(["model=prnn", "data=speech"])
     yaml = OmegaConf.to_container(OmegaConf.load(CONFIGS / "data" / "speech.yaml"))
     assert {k: getattr(cfg.data, k) for k in yaml} == yaml
-    # The speech keys the group sets are the dataclass defaults too, so a config built in code
-    # (tests, scripts) generates the same data as the YAML, apart from the utterance length and
-    # the batch (DataConfig's seq_len and batch_size serve the token and image sets as well).
-    defaults = DataConfig()
-    for key in ("samples", "features", "noise", "min_segment", "max_segment"):
-        assert getattr(defaults, key) == yaml[key], key
+    # The keys the group sets are the schema's defaults too, so a config built in code (tests,
+    # scripts) generates the same data as the YAML.
+    assert {k: getattr(SpeechData(), k) for k in yaml} == yaml
 
 
-def test_the_config_layer_imports_no_other_ddtrain_module():
-    # Validation runs before anything else is loaded (no kernel, no torch): config.py owns the
-    # names it checks, e.g. RNN_PATHS, which ddtrain/kernels/rnn_plan.py imports from here.
+def test_the_shared_config_layer_imports_no_other_ddtrain_module_at_load():
+    # Every component imports config.py for its section's schema; the registry of models and
+    # data sets is loaded only when a config is built, so importing the schemas stays cheap and
+    # free of import cycles.
     import ast
     import inspect
 
     import ddtrain.config
-    from ddtrain.kernels import rnn_plan
 
     tree = ast.parse(inspect.getsource(ddtrain.config))
-    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported = [n.module for n in tree.body if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
     assert not [m for m in imported if m and m.startswith("ddtrain")], imported
-    assert rnn_plan.PATHS is ddtrain.config.RNN_PATHS

@@ -8,13 +8,16 @@ import math
 import pytest
 import torch
 
-from ddtrain.config import DataConfig
 from ddtrain.data import DataSpec, ShardedBatches, build_dataset, sample_indices, speech
+from ddtrain.data.chars import CharsData
+from ddtrain.data.digits import DigitsData
 from ddtrain.data.sharding import _epoch_permutation
+from ddtrain.data.speech import SpeechData
+from ddtrain.data.synthetic import SyntheticData
 
 # Small enough to build in milliseconds; 50 samples with global batches of 12 put a batch
 # across the first epoch boundary (positions 48..59).
-SMALL_IMAGES = DataConfig(samples=50, image_size=4, channels=1, batch_size=4)
+SMALL_IMAGES = SyntheticData(samples=50, image_size=4, channels=1, batch_size=4)
 
 
 def one_line_error(call) -> str:
@@ -101,7 +104,7 @@ def test_sharded_batches_rejects_bad_arguments():
 
 # --------------------------------------------------------------------------- synthetic
 def test_synthetic_images_shapes_and_determinism():
-    cfg = DataConfig(samples=512, image_size=4, channels=3, num_classes=10, batch_size=8)
+    cfg = SyntheticData(samples=512, image_size=4, channels=3, num_classes=10, batch_size=8)
     data = build_dataset(cfg, "image", seed=0)
     assert len(data) == 512
     assert data.x.shape == (512, 3, 4, 4) and data.x.dtype == torch.float32
@@ -115,7 +118,7 @@ def test_synthetic_images_shapes_and_determinism():
 
 
 def test_synthetic_image_labels_are_learnable():
-    cfg = DataConfig(samples=1000, image_size=4, channels=3, num_classes=10, batch_size=8)
+    cfg = SyntheticData(samples=1000, image_size=4, channels=3, num_classes=10, batch_size=8)
     data = build_dataset(cfg, "image", seed=0)
     counts = torch.bincount(data.y, minlength=10)
     assert (counts > 0).all() and counts.max() < 0.3 * len(data)  # no class dominates
@@ -133,7 +136,7 @@ def test_synthetic_images_do_not_depend_on_the_sample_count():
 
 
 def test_synthetic_tokens_shapes_and_determinism():
-    cfg = DataConfig(samples=256, seq_len=16, vocab_size=32, batch_size=8)
+    cfg = SyntheticData(samples=256, seq_len=16, vocab_size=32, batch_size=8)
     data = build_dataset(cfg, "tokens", seed=0)
     assert data.x.shape == data.y.shape == (256, 16)
     assert data.x.dtype == data.y.dtype == torch.int64
@@ -147,7 +150,7 @@ def test_synthetic_tokens_shapes_and_determinism():
 
 def test_synthetic_token_transitions_are_not_uniform():
     vocab = 64
-    data = build_dataset(DataConfig(samples=512, seq_len=32, vocab_size=vocab), "tokens", seed=0)
+    data = build_dataset(SyntheticData(samples=512, seq_len=32, vocab_size=vocab), "tokens", seed=0)
     pairs = torch.bincount(data.x.flatten() * vocab + data.y.flatten(), minlength=vocab * vocab)
     counts = pairs.reshape(vocab, vocab).double()
     assert (counts.sum(0) > 0).all()  # every symbol is reached, not just drawn as a first token
@@ -158,7 +161,7 @@ def test_synthetic_token_transitions_are_not_uniform():
 
 
 # --------------------------------------------------------------------------- speech
-SPEECH = DataConfig(name="speech", samples=512, seq_len=32, features=32, num_classes=16, batch_size=4)
+SPEECH = SpeechData(samples=512, seq_len=32, features=32, num_classes=16, batch_size=4)
 
 
 def runs(labels: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -241,7 +244,7 @@ def test_speech_phoneme_order_is_not_uniform():
 
 # --------------------------------------------------------------------------- digits
 def test_digits():
-    data = build_dataset(DataConfig(name="digits"), "image", seed=0)
+    data = build_dataset(DigitsData(), "image", seed=0)
     assert len(data) == 1797
     assert data.x.shape == (1797, 1, 8, 8) and data.x.dtype == torch.float32
     assert data.y.dtype == torch.int64 and torch.equal(data.y.unique(), torch.arange(10))
@@ -251,7 +254,7 @@ def test_digits():
 
 # --------------------------------------------------------------------------- chars
 def test_chars_default_corpus():
-    data = build_dataset(DataConfig(name="chars", seq_len=64), "tokens", seed=0)
+    data = build_dataset(CharsData(seq_len=64), "tokens", seed=0)
     assert len(data) > 1000
     assert data.spec.vocab_size == len(data.vocab) > 30
     assert list(data.vocab) == sorted(set(data.vocab))
@@ -264,7 +267,7 @@ def test_chars_from_a_file(tmp_path):
     text = "the quick brown fox jumps over the lazy dog\n" * 5  # 220 characters
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
-    data = build_dataset(DataConfig(name="chars", paths=(str(path),), seq_len=9, batch_size=2), "tokens", 0)
+    data = build_dataset(CharsData(paths=(str(path),), seq_len=9, batch_size=2), "tokens", 0)
     assert len(data) == len(text) // 10
     assert data.vocab == "".join(sorted(set(text)))
     # Window i is text[10i : 10i+10]: x its first 9 characters, y its last 9.
@@ -275,13 +278,13 @@ def test_chars_from_a_file(tmp_path):
 def test_chars_replaces_invalid_utf8(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"abc\xffdef" * 10)
-    data = build_dataset(DataConfig(name="chars", paths=(str(path),), seq_len=4, batch_size=1), "tokens", 0)
+    data = build_dataset(CharsData(paths=(str(path),), seq_len=4, batch_size=1), "tokens", 0)
     assert "\ufffd" in data.vocab
 
 
 def test_chars_missing_file(tmp_path):
     missing = str(tmp_path / "nope.txt")
-    cfg = DataConfig(name="chars", paths=(missing,))
+    cfg = CharsData(paths=(missing,))
     message = one_line_error(lambda: build_dataset(cfg, "tokens", 0))
     assert "data.paths" in message and missing in message
 
@@ -289,28 +292,13 @@ def test_chars_missing_file(tmp_path):
 def test_chars_corpus_too_small_for_seq_len(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("abc", encoding="utf-8")
-    cfg = DataConfig(name="chars", paths=(str(path),), seq_len=64, batch_size=1)
+    cfg = CharsData(paths=(str(path),), seq_len=64, batch_size=1)
     assert "data.seq_len" in one_line_error(lambda: build_dataset(cfg, "tokens", 0))
 
 
 # --------------------------------------------------------------------------- errors
-@pytest.mark.parametrize(
-    "name, kind, suggestion",
-    [
-        ("digits", "tokens", "data=chars or data=synthetic"),
-        ("chars", "image", "data=digits or data=synthetic"),
-        ("speech", "tokens", "data=chars or data=synthetic"),
-        ("synthetic", "frames", "data=speech"),
-        ("digits", "frames", "data=speech"),
-    ],
-)
-def test_kind_mismatch(name, kind, suggestion):
-    message = one_line_error(lambda: build_dataset(DataConfig(name=name), kind, 0))
-    assert f"data={name}" in message and suggestion in message
-
-
 def test_too_few_samples_for_one_batch():
-    cfg = DataConfig(samples=8, batch_size=16, image_size=4)
+    cfg = SyntheticData(samples=8, batch_size=16, image_size=4)
     assert "data.batch_size" in one_line_error(lambda: build_dataset(cfg, "image", 0))
     speech_cfg = dataclasses.replace(SPEECH, samples=3)
     assert "data.samples" in one_line_error(lambda: build_dataset(speech_cfg, "frames", 0))

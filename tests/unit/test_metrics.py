@@ -55,6 +55,7 @@ def test_tensorboard_gets_grouped_tags_with_units(tmp_path):
     writer = MetricsWriter(tmp_path / "run", HPARAMS, tensorboard=True)
     writer.log(record(10))
     writer.log(record(20))
+    writer.log({"step": 20, "split": "val", "val_loss": 1.25, "val_accuracy": 0.5})  # a validation pass
     writer.text("config", "model:\n  name: mlp")
     writer.close()
 
@@ -63,7 +64,8 @@ def test_tensorboard_gets_grouped_tags_with_units(tmp_path):
     events = scalars(tb_dir)
     tags = set(events.Tags()["scalars"])
     assert {"loss/train", "time/step(s)"} <= tags
-    assert tags == set(TAGS.values())  # every numeric key of the record, under its tag
+    assert tags == set(TAGS.values())  # every numeric key of the records, under its tag
+    assert [(e.step, e.value) for e in events.Scalars("loss/val")] == [(20, 1.25)]
     assert all("/" in tag for tag in tags)
     assert [(e.step, e.value) for e in events.Scalars("loss/train")] == [
         (10, pytest.approx(0.25)), (20, pytest.approx(0.125))

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from ddtrain.config import MLPConfig, TrainConfig, to_flat_dict
+from ddtrain.config import TrainConfig, to_flat_dict
 from ddtrain.fault import replica
 from ddtrain.fault.replica import STARTUP_FIX, describe_replica, first_difference, param_checksums
+from ddtrain.models.mlp import MLPConfig
 
 CFG = to_flat_dict(TrainConfig(model=MLPConfig(hidden=8, layers=1)))
 
