@@ -311,6 +311,22 @@ def _validate_trainer(t: TrainerConfig) -> None:
     check_positive("trainer.eval_every", t.eval_every, zero_ok=True)
 
 
+def to_mapping(obj: Any) -> dict[str, Any]:
+    """``obj`` (a TrainConfig or one section) as the plain mapping ``from_mapping`` reads back:
+    keys spelled as in an override (``_target_``), a user's extra keys at their own names."""
+    out: dict[str, Any] = {}
+    spelled = {n: a for a, n in getattr(obj, "ALIASES", {}).items()}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if f.name == getattr(obj, "EXTRA", None):
+            out.update(v)
+        elif dataclasses.is_dataclass(v):
+            out[f.name] = to_mapping(v)
+        else:
+            out[spelled.get(f.name, f.name)] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def to_flat_dict(cfg: TrainConfig) -> dict[str, Any]:
     """``{"model.name": "gpt", ...}``: for TensorBoard hparams and run records. Keys are spelled
     as in an override (``model._target_``, and a user's extra keys under their own names)."""

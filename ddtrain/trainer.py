@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -18,7 +17,7 @@ from torch import nn
 
 from ddtrain.ckpt.manager import Checkpointer, checkpoint_dir
 from ddtrain.comm.engines import build_engine
-from ddtrain.config import TrainConfig, to_flat_dict
+from ddtrain.config import TrainConfig, to_flat_dict, to_mapping
 from ddtrain.data import build_dataset, spec_of
 from ddtrain.data.feed import loader_workers, to_device, train_loader, val_batches
 from ddtrain.data.loader import ShardLoader
@@ -265,7 +264,7 @@ def _metrics(cfg: TrainConfig, ctx: DistContext, rep: Replica, clock: StepClock,
     spec = spec_of(loader.dataset)
     writer = make_writer(ctx.is_main, run_dir, flat_cfg, cfg.tensorboard, resume_step=start or None)
     if not start:
-        writer.text("config", json.dumps(dataclasses.asdict(cfg), indent=2))  # readable, nested
+        writer.text("config", json.dumps(to_mapping(cfg), indent=2))  # readable, nested
     flops, source = flops_per_sample(
         rep.model, lambda: tuple(to_device(part, ctx.device) for part in loader.batch_at(0)),
         loader.batch_size, rep.loss_fn)

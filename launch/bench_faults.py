@@ -39,8 +39,10 @@ TINY = ["model=mlp", "model.hidden=32", "model.layers=2", "data.image_size=8", "
 
 def rank_pids(marker: str) -> dict[int, int]:
     """rank -> pid of this host's ddtrain processes whose command line contains ``marker``
-    (the run directory); the rank comes from the launcher's variables in /proc/<pid>/environ."""
-    found = {}
+    (the run directory); the rank comes from the launcher's variables in /proc/<pid>/environ.
+    A rank's data-loader workers share its command line and environment; they are told apart
+    by their parent, which is the rank."""
+    candidates: dict[int, tuple[int, int]] = {}  # pid -> (rank, parent pid)
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -49,13 +51,14 @@ def rank_pids(marker: str) -> dict[int, int]:
             if marker not in cmdline or "ddtrain" not in cmdline:
                 continue
             environ = (proc / "environ").read_bytes().decode(errors="replace").split("\0")
-        except OSError:  # the process ended while we looked
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # the process ended while we looked
             continue
         env = dict(kv.split("=", 1) for kv in environ if "=" in kv)
         rank = env.get("OMPI_COMM_WORLD_RANK", env.get("RANK"))
         if rank is not None:
-            found[int(rank)] = int(proc.name)
-    return found
+            candidates[int(proc.name)] = (int(rank), parent)
+    return {rank: pid for pid, (rank, parent) in candidates.items() if parent not in candidates}
 
 
 def wait_for_step(run_dir: Path, step: int, job: subprocess.Popen, timeout_s: float = 120) -> int:

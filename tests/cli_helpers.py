@@ -28,10 +28,13 @@ def mpirun_command(np_: int, program: list[str]) -> list[str]:
     return resolve_target("mpirun", environ=os.environ, mpi="openmpi").command(np_, program)
 
 
-def run_cli(args: list[str], *, np_: int = 1, cwd: Path | None = None, timeout: float = 300, script=DDTRAIN):
+def run_cli(args: list[str], *, np_: int = 1, cwd: Path | None = None, timeout: float = 300, script=DDTRAIN,
+            env: dict[str, str] | None = None):
+    """``script args...`` alone (np_ 1) or under mpirun; ``env`` adds variables (PYTHONPATH ...)."""
     program = [script, *args]
     argv = mpirun_command(np_, program) if np_ > 1 else program
-    return subprocess.run(argv, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv, cwd=cwd, env={**clean_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _train_composed(ctx, overrides: list[str], run_dir: Path | None):

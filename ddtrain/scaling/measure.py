@@ -13,10 +13,10 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ddtrain.config import TrainConfig
+from ddtrain.config import TrainConfig, to_mapping
 from ddtrain.launcher.mpirun import console_script
 from ddtrain.launcher.policy import Target, resolve_target
 from ddtrain.scaling.config import ScaleConfig
@@ -207,7 +207,7 @@ def measure_node_slowdown(cfg: TrainConfig, launcher: Launcher, k: int, batch: i
     probe = study_dir / "node_probe"
     probe.mkdir(parents=True, exist_ok=True)
     config = probe / "config.json"
-    config.write_text(json.dumps(asdict(replace(cfg, trainer=replace(cfg.trainer, threads=threads)))))
+    config.write_text(json.dumps(to_mapping(replace(cfg, trainer=replace(cfg.trainer, threads=threads)))))
     compute: dict[int, list[float]] = {1: [], k: []}
     for r in range(repeats):  # interleaved, like the training runs, against drift
         for workers in (1, k) if r % 2 == 0 else (k, 1):

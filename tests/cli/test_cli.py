@@ -14,7 +14,8 @@ from tests.cli_helpers import run_cli
     "overrides,needle",
     [
         (["comm.bucket_mb=-1"], "comm.bucket_mb=-1.0 must be > 0"),
-        (["model=foo"], "model=foo is not allowed; choose one of: convnet, gpt, mlp, prnn, resnet, rnn"),
+        (["model=foo"],
+         "model=foo is not allowed; choose one of: convnet, custom, gpt, mlp, prnn, resnet, rnn"),
         (["data.batch_size=0"], "data.batch_size=0 must be > 0"),
         (["data.batch_size=abc"], "data.batch_size='abc' is not an integer"),
         (["comm.dtype=int8"], "comm.dtype='int8' is not allowed; choose one of: fp32, bf16, fp16"),
@@ -51,10 +52,11 @@ def test_a_name_that_is_no_group_or_key_is_named_with_the_groups_of_its_root_con
 
     scale = _unknown_name("scale", ["clustr=local"])
     assert scale.startswith("clustr is not a config group or key; did you mean cluster? groups: model, data, "
-                            "optim, comm, trainer, cluster, experiment; keys: seed, tensorboard, scale")
+                            "optim, comm, trainer, cluster, experiment; keys: seed, tensorboard, loss, "
+                            "scale")
     assert _unknown_name("train", ["xyzzy.depth=3"]) == (
         "xyzzy is not a config group or key; groups: model, data, optim, comm, trainer, experiment; "
-        "keys: seed, tensorboard")
+        "keys: seed, tensorboard, loss")
     known = ["model=gpt", "+experiment=quickstart", "hydra.run.dir=x", "seed=1"]
     assert _unknown_name("train", known) is None
 

@@ -32,7 +32,8 @@ def test_a_good_run_writes_the_files_and_prints_the_override(tmp_path):
     "args, needle",
     [
         (["{tmp}/nope.txt", "--out", "{tmp}/out"], "no such file"),
-        (["{tmp}/a.txt", "--out", "{tmp}/out", "--val-fraction", "2"], "--val-fraction=2.0 must be in [0, 1)"),
+        (["{tmp}/a.txt", "--out", "{tmp}/out", "--val-fraction", "2"],
+         "--val-fraction=2.0 must be in [0, 1)"),
         (["{tmp}/a.txt"], "the following arguments are required: --out"),
     ],
     ids=["missing-file", "bad-fraction", "no-out"],
