@@ -50,6 +50,21 @@ def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True,
     sys.exit(exit_code)
 
 
+class BadSample(ValueError):
+    """One sample of the data cannot be read (a file that does not decode, with the option to
+    stop on it). It surfaces on the rank whose share holds the sample, mid-run, possibly inside
+    a loader worker; that rank exits 2 with this one line, and the others stop naming it."""
+
+
+def bad_sample_line(exc: BaseException) -> str:
+    """A BadSample's own line. Re-raised from a loader worker, its message is torch's report
+    ("Caught BadSample in DataLoader worker ... Original Traceback ..."), whose last line is the
+    original exception as ``module.BadSample: message``."""
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    prefix = "BadSample: "
+    return last.split(prefix, 1)[1] if prefix in last else last
+
+
 class JobError(RuntimeError):
     """A failure every rank detects identically, from values all ranks share (a replica
     mismatch found through a collective, divergence, a non-finite gradient with

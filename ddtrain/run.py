@@ -1,9 +1,10 @@
 """One training job on this rank: detect the launch, check inputs, start the group, train, close.
 
 How it ends: 0 after the last step, or after a stop signal once the checkpoint is written;
-2 for bad input (a config, a data file, a checkpoint that cannot be resumed); 1 when this rank
-fails, or all ranks detect the same failure (replica mismatch, divergence, a NaN stop); 3 when
-another rank died or failed (the fault monitor names it). A failing rank tells the others at
+2 for bad input (a config, a data file, a checkpoint that cannot be resumed, and a sample that
+cannot be read mid-run, on every rank); 1 when this rank fails, or all ranks detect the same
+failure (replica mismatch, divergence, a NaN stop); 3 when another rank died or failed (the
+fault monitor names it). A failing rank tells the others at
 once, so nobody waits for a collective timeout.
 """
 
@@ -20,8 +21,17 @@ from ddtrain.config import TrainConfig
 from ddtrain.data import spec_of
 from ddtrain.dist.env import LaunchEnv, detect_launch_env
 from ddtrain.dist.group import DistContext, init_distributed, shutdown
-from ddtrain.errors import EXIT_JOB_ERROR, JobError, fail, one_line, report
-from ddtrain.fault.monitor import exit_on_loss, start_monitor
+from ddtrain.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_JOB_ERROR,
+    BadSample,
+    JobError,
+    bad_sample_line,
+    fail,
+    one_line,
+    report,
+)
+from ddtrain.fault.monitor import bad_input, exit_on_loss, start_monitor
 from ddtrain.fault.signals import StopRequest
 from ddtrain.trainer import build_datasets, make_model, train
 
@@ -128,6 +138,11 @@ def _die(e: BaseException, ctx: DistContext, monitor) -> None:
     peer = monitor.wait_lost(1.0)
     if peer is not None:
         exit_on_loss(ctx.rank)(*peer)
+    if isinstance(e, BadSample):  # bad input found mid-run: its line says the fix, no traceback
+        reason = bad_sample_line(e)
+        monitor.report_failure(bad_input(reason))
+        report(reason, ctx.rank, same_on_all_ranks=False)
+        _leave(EXIT_BAD_INPUT)
     reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else one_line(e)
     monitor.report_failure(f"{reason} (see rank {ctx.rank}'s log for the traceback)")
     log.error("this rank failed:", exc_info=e)  # stderr, and train.log on rank 0

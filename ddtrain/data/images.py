@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ddtrain.config import ConfigError, DataConfig, check_choice, check_positive
 from ddtrain.data.spec import DataSpec
+from ddtrain.errors import BadSample
 from ddtrain.registry import DataEntry
 
 ON_BAD = ("skip", "stop")
@@ -115,7 +116,7 @@ class ImageFolderSet(Dataset):
 
     def _bad(self, path: str, exc: Exception) -> None:
         if self.on_bad == "stop":
-            raise ValueError(
+            raise BadSample(
                 f"{path} cannot be decoded as an image ({type(exc).__name__}); remove it or set "
                 "data.on_bad_image=skip to skip such files"
             ) from None

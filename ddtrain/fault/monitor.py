@@ -28,9 +28,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from ddtrain.errors import EXIT_PEER_FAILED
+from ddtrain.errors import EXIT_BAD_INPUT, EXIT_PEER_FAILED
 
 log = logging.getLogger(__name__)
+
+BAD_INPUT_MARK = "bad input: "  # a failure report's reason starts so when the input is to blame
 
 STORE_KEY = "ddtrain/monitor/address"
 DIED = ("its connection closed without a goodbye: the process died (a signal such as SIGKILL, "
@@ -42,17 +44,25 @@ def silent_for(seconds: float) -> str:
             "node is unreachable")
 
 
+def bad_input(reason: str) -> str:
+    """The reason a rank reports for bad input it met mid-run (a sample that cannot be read): the
+    other ranks then exit 2 as it does, so the job's exit code says "bad input" whichever rank
+    mpirun hears from first."""
+    return BAD_INPUT_MARK + reason
+
+
 def exit_on_loss(my_rank: int) -> Callable[[int, str], None]:
     """The production reaction: print one line and leave at once. The main thread may be stuck
     inside a collective with the dead rank, which only the timeout would end, so ``os._exit``;
     checkpoints are written atomically, so nothing already saved can be damaged by it."""
 
     def react(rank: int, reason: str) -> None:
+        code = EXIT_BAD_INPUT if reason.startswith(BAD_INPUT_MARK) else EXIT_PEER_FAILED
         print(f"ddtrain: error: [rank {my_rank}] rank {rank} failed: {reason}; stopping this rank. "
               "Fix the cause, then rerun with trainer.resume=auto to continue from the last "
               "checkpoint", file=sys.stderr, flush=True)
         logging.shutdown()
-        os._exit(EXIT_PEER_FAILED)
+        os._exit(code)
 
     return react
 
