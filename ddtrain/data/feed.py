@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ddtrain.config import DataConfig
-from ddtrain.data.loader import ShardLoader
+from ddtrain.data.loader import ShardLoader, reads_whole_batches
 
 # Loader processes per rank when data.workers is unset and samples are read from files: enough
 # to keep decoding ahead of a step without starving the rank's own compute threads of cores.
@@ -17,7 +17,7 @@ _MAX_AUTO_WORKERS = 4
 
 def in_memory(dataset: Any) -> bool:
     """A set whose whole batch is one indexing operation gains nothing from worker processes."""
-    return callable(getattr(dataset, "batch", None))
+    return reads_whole_batches(dataset)
 
 
 def loader_workers(cfg: DataConfig, dataset: Any, cpus: int, local_world_size: int) -> int:

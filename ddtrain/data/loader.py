@@ -53,6 +53,13 @@ def sample_seed(seed: int, position: int) -> int:
     return _splitmix64(_splitmix64(seed & _MASK64) ^ (position & _MASK64))
 
 
+def reads_whole_batches(dataset: Any) -> bool:
+    """Does ``dataset`` make a whole batch in one call, ``dataset.batch(indices) -> (x, y)``?
+    It must say so (``reads_whole_batches = True``): other libraries' data sets have a ``batch``
+    method that means something else."""
+    return bool(getattr(dataset, "reads_whole_batches", False)) and callable(getattr(dataset, "batch", None))
+
+
 class _Fetch:
     """One step's samples as one batch; runs in the calling process or in a DataLoader worker.
 
@@ -64,7 +71,7 @@ class _Fetch:
         self.dataset = dataset
         self.seed = seed
         self.collate_fn = collate_fn or default_collate
-        self.batched = callable(getattr(dataset, "batch", None))
+        self.batched = reads_whole_batches(dataset)
 
     def __getitems__(self, request: tuple[int, Any]) -> Any:
         start, indices = request
@@ -132,7 +139,7 @@ class ShardLoader:
                  collate_fn: Callable[[list], Any] | None = None):
         n = len(dataset)
         _check(n, batch_size, rank, world_size, workers, prefetch, start_step)
-        if collate_fn is not None and callable(getattr(dataset, "batch", None)):
+        if collate_fn is not None and reads_whole_batches(dataset):
             raise ValueError(f"collate_fn is given but {type(dataset).__name__} makes its own batches "
                              "(it has .batch); drop collate_fn or the batch method")
         self.dataset = dataset

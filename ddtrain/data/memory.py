@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -17,6 +18,7 @@ class InMemory:
     y: torch.Tensor
     spec: DataSpec
     vocab: str = ""  # chars only: the character of each token id, for decoding samples
+    reads_whole_batches: ClassVar[bool] = True  # the loader calls batch(), not __getitem__ per sample
 
     def __len__(self) -> int:
         return self.x.shape[0]

@@ -17,6 +17,7 @@ import torch
 
 from ddtrain.dist.group import DistContext, all_max_each, all_mean
 from ddtrain.perf.clock import StepClock
+from ddtrain.perf.flops import MODEL_FORMULA
 
 log = logging.getLogger("ddtrain")
 
@@ -28,7 +29,7 @@ class Workload:
     samples_per_step: int  # global: ranks x batch x grad_accum
     flops_per_sample: float  # forward + backward
     tokens_per_sample: int  # 0 for models that do not read tokens
-    flops_source: str = "the model's flops_per_sample()"  # or counted on one batch (perf/flops.py)
+    flops_source: str = MODEL_FORMULA  # or counted on one batch (ddtrain/perf/flops.py)
 
 
 @dataclass

@@ -92,6 +92,8 @@ class NaNOnce:
     def __len__(self):
         return len(self.base)
 
+    reads_whole_batches = True
+
     def batch(self, indices):
         x, y = self.base.batch(indices)
         self.calls += 1

@@ -107,3 +107,24 @@ def test_an_explicit_resume_path_that_is_missing_or_empty_is_refused(tmp_path):
         cfg = cfg_with(resume=str(target))
         with pytest.raises(ResumeRefused, match=message):
             Checkpointer(cfg, single_process(), None).resume(replica(cfg))
+
+
+def test_the_data_position_is_the_loaders_and_a_changed_data_set_is_refused():
+    cfg = cfg_with()
+    rep = replica(cfg)
+    rep.loader.step = 4
+    state = decode(encode(capture(4, rep, single_process(), cfg, {})))
+    assert state["data"]["step"] == 4 and state["data"]["dataset_len"] == len(rep.loader.dataset)
+    again = replica(cfg)
+    assert restore(state, again, single_process(), cfg, "x") == 4 and again.loader.step == 4
+    # Accumulating the same global batch in two micro-steps: the loader continues at micro-step 8.
+    accum = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, grad_accum=2),
+                                data=dataclasses.replace(cfg.data, batch_size=4))
+    halves = replica(accum)
+    restore(state, halves, single_process(), accum, "x")
+    assert halves.loader.step == 8
+    two = torch.cat([halves.loader.indices(8), halves.loader.indices(9)])
+    assert torch.equal(two, again.loader.indices(4))
+    smaller = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, samples=cfg.data.samples // 2))
+    with pytest.raises(ResumeRefused, match=r"a data set of \d+ samples and this run's data=synthetic"):
+        restore(state, replica(smaller), single_process(), smaller, "x")

@@ -39,6 +39,8 @@ class InMemory:
     def __len__(self) -> int:
         return len(self.y)
 
+    reads_whole_batches = True
+
     def batch(self, indices: torch.Tensor):
         return self.x[indices], self.y[indices]
 
@@ -296,3 +298,19 @@ def test_shard_reads_the_rank_and_world_of_init():
         assert torch.equal(y, torch.arange(4))
     finally:
         ddtrain.shutdown()
+
+
+def test_a_batch_method_that_does_not_say_it_reads_whole_batches_is_left_alone():
+    # Other libraries' data sets have a ``batch`` of their own (HuggingFace: batch(batch_size)).
+    class Other:
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.tensor([i]), torch.tensor(i)
+
+        def batch(self, batch_size):
+            raise AssertionError("the loader called another library's batch()")
+
+    x, y = next(iter(ShardLoader(Other(), 4, shuffle=False)))
+    assert x.flatten().tolist() == [0, 1, 2, 3] and y.tolist() == [0, 1, 2, 3]

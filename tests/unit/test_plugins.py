@@ -158,3 +158,12 @@ def test_bad_keyword_arguments_name_the_call(plugin):
     cfg = composed(["model=custom", f"model._target_={NAME}.nets.Net", "+model.widht=3"])
     with pytest.raises(ConfigError, match=r"model._target_=userplug.nets.Net\(widht=3\) failed: TypeError"):
         make_model(cfg, DataSpec("image", 3, 8, 10))
+
+
+def test_a_config_written_as_a_mapping_reads_back_the_same(plugin):
+    from ddtrain.config import to_mapping
+
+    cases = ([], [*OVERRIDES, "trainer.eval_every=5"], ["model=gpt", "data=chars", "data.paths=[a,b]"])
+    for overrides in cases:
+        cfg = composed(overrides)
+        assert from_mapping(to_mapping(cfg)) == cfg
