@@ -112,22 +112,22 @@ def all_mean(ctx: DistContext, t: torch.Tensor) -> torch.Tensor:
     return out / ctx.world_size
 
 
-def all_max_each(ctx: DistContext, values: list[float]) -> list[float]:
-    """Elementwise max over ranks of a list of host floats, in one collective."""
+def _reduce_each(ctx: DistContext, values: list[float], op) -> list[float]:
     if ctx.backend is None or not values:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=_coll_device(ctx))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_max_each(ctx: DistContext, values: list[float]) -> list[float]:
+    """Elementwise max over ranks of a list of host floats, in one collective."""
+    return _reduce_each(ctx, values, dist.ReduceOp.MAX)
 
 
 def all_sum_each(ctx: DistContext, values: list[float]) -> list[float]:
     """Elementwise sum over ranks of a list of host floats, in one collective (float64)."""
-    if ctx.backend is None or not values:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_coll_device(ctx))
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return _reduce_each(ctx, values, dist.ReduceOp.SUM)
 
 
 def barrier(ctx: DistContext) -> None:

@@ -8,14 +8,7 @@ import sys
 import pytest
 
 from ddtrain.data.chars import read_corpus
-
-
-def one_line_error(call) -> str:
-    with pytest.raises(ValueError) as info:
-        call()
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
+from tests.assertions import one_line_error
 
 
 def test_a_missing_file_is_no_such_file(tmp_path):

@@ -14,18 +14,13 @@ from ddtrain.data.digits import DigitsData
 from ddtrain.data.sharding import _epoch_permutation
 from ddtrain.data.speech import SpeechData
 from ddtrain.data.synthetic import SyntheticData
+from tests.assertions import one_line_error
 
 # Small enough to build in milliseconds; 50 samples with global batches of 12 put a batch
 # across the first epoch boundary (positions 48..59).
 SMALL_IMAGES = SyntheticData(samples=50, image_size=4, channels=1, batch_size=4)
 
 
-def one_line_error(call) -> str:
-    with pytest.raises(ValueError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message and message
-    return message
 
 
 # --------------------------------------------------------------------------- sharding

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ddtrain.data.images import MEAN, STD, ImageFolderSet
+from tests.assertions import one_line_error
 
 RED = (200, 40, 10)
 
@@ -47,12 +48,6 @@ def tree(tmp_path):
     return root
 
 
-def one_line_error(call) -> str:
-    with pytest.raises(ValueError) as info:
-        call()
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
 
 
 def normalised(rgb):

@@ -12,6 +12,7 @@ import ddtrain
 from ddtrain.api import context
 from ddtrain.data.loader import ShardLoader, sample_seed
 from ddtrain.data.sharding import ShardedBatches, sample_indices
+from tests.assertions import one_line_error
 
 N = 50  # with global batches of 12: 4 aligned steps per epoch, and a stream step across epochs
 
@@ -48,12 +49,6 @@ class InMemory:
         raise AssertionError("the per-sample path read an in-memory data set")
 
 
-def one_line_error(call) -> str:
-    with pytest.raises(ValueError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message and message
-    return message
 
 
 def ranks(world_size: int, b: int, dataset=None, **kwargs) -> list[ShardLoader]:

@@ -10,14 +10,7 @@ import pytest
 
 from ddtrain.data.prepare_tokens import dtype_for, encode_bytes, encode_chars, main, read_inputs, split
 from ddtrain.data.tokens import TokenWindows
-
-
-def one_line_error(call) -> str:
-    with pytest.raises(ValueError) as info:
-        call()
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
+from tests.assertions import one_line_error
 
 
 def test_bytes_are_their_own_ids():

@@ -11,6 +11,7 @@ import torch
 
 from ddtrain.data import tokens
 from ddtrain.data.tokens import TokenWindows
+from tests.assertions import one_line_error
 
 
 def write_ids(path, ids, dtype="<u2", meta=None):
@@ -20,12 +21,6 @@ def write_ids(path, ids, dtype="<u2", meta=None):
     return path
 
 
-def one_line_error(call, kind=ValueError) -> str:
-    with pytest.raises(kind) as info:
-        call()
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
 
 
 def test_windows_are_shifted_by_one_and_share_their_boundary_token(tmp_path):
