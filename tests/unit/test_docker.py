@@ -115,12 +115,15 @@ def test_gpu_image_has_python_311_torch_and_infiniband_userspace():
     for pkg in ("python3.11", "python3.11-venv", "python3.11-dev", "libibverbs1", "openssh-client"):
         assert re.search(rf"(^|\s){re.escape(pkg)}(\s|$)", runs), pkg
     torch_arg = next(a for a in args_of(IMAGES["cuda"], "ARG") if a.startswith("TORCH="))
-    assert re.fullmatch(r'TORCH="torch==[\d.]+"', torch_arg), torch_arg  # pinned
+    # Both pinned: a torchvision release is built against exactly one torch release.
+    assert re.fullmatch(r'TORCH="torch==[\d.]+ torchvision==[\d.]+"', torch_arg), torch_arg
     assert "pip install $TORCH" in runs
 
 
 def test_cpu_image_takes_torch_from_the_cpu_index():
     runs = " ".join(args_of(IMAGES["cpu"], "RUN"))
+    torch_arg = next(a for a in args_of(IMAGES["cpu"], "ARG") if a.startswith("TORCH="))
+    assert re.fullmatch(r'TORCH="torch==[\d.]+ torchvision==[\d.]+"', torch_arg), torch_arg
     assert "--index-url https://download.pytorch.org/whl/cpu $TORCH" in runs
     assert "cuda" not in IMAGES["cpu"].read_text().lower().replace("cuda and nccl", "")
 
