@@ -20,6 +20,7 @@ from ddtrain.config import TrainConfig, to_mapping
 from ddtrain.launcher.mpirun import console_script
 from ddtrain.launcher.policy import Target, resolve_target
 from ddtrain.scaling.config import ScaleConfig
+from ddtrain.scaling.spread import percentile, robust_cv
 
 log = logging.getLogger("ddtrain")
 
@@ -29,14 +30,6 @@ class StudyError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- summaries
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile, q in [0, 100]."""
-    xs = sorted(values)
-    k = (len(xs) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
 def trimmed_per_step(records: list[dict], warmup: int) -> dict[str, list[float]]:
     """One run's per-step timings from its metrics.jsonl records, its warm-up steps dropped."""
     per_step: dict[str, list[float]] = {}
@@ -64,9 +57,7 @@ def summarise(per_step: dict[str, list[float]]) -> dict:
         "comm_exposed_s": phase("comm_exposed_s"),
         "data_s": phase("data_s"),
         "optimizer_s": phase("optimizer_s"),
-        # Jitter for the straggler model: robust spread (IQR / 1.349 = sd for a normal) so one
-        # hiccup of the machine does not dominate.
-        "cv": (percentile(steps, 75) - percentile(steps, 25)) / 1.349 / med,
+        "cv": robust_cv(steps),  # jitter for the straggler model
         "per_step": per_step,
     }
 

@@ -24,6 +24,7 @@ from ddtrain.loss import build_loss
 from ddtrain.optim import build_optimizer
 from ddtrain.perf.flops import flops_per_sample
 from ddtrain.scaling.model import Bucket, Profile
+from ddtrain.scaling.spread import robust_cv
 from ddtrain.trainer import autocast, build_datasets, make_model
 
 
@@ -89,7 +90,7 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
     buckets = tuple(
         Bucket(size * elsize, med(r[b] for r in ready)) for b, size in enumerate(plan.sizes)
     )
-    cv = statistics.pstdev(total) / med(total) if len(total) > 1 else 0.0
+    cv = robust_cv(total)  # the estimator measured runs use, so both kinds of jitter compare
     return Profile(
         batch=batch, forward_s=med(fwd), backward_s=med(bwd), optimizer_s=med(opt), data_s=med(data),
         buckets=buckets, flops_per_sample=float(flops), cv=cv,

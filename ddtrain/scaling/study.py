@@ -196,7 +196,19 @@ def study_meta(study: Study, model: ModelInputs, errors: dict[str, float]) -> di
         "allreduce_fit": model.fit["fit"] if model.fit else None,
         "profiles": {str(b): asdict(p) for b, p in model.profiles.by_batch.items()},
         "predicted_over_measured_step_time_minus_1": errors,
+        "jitter": jitter_used(model),
     }
+
+
+def jitter_used(model: ModelInputs) -> dict:
+    """The step-time jitter (cv) the straggler factor used, per profiled batch, and where it
+    came from: the cluster's own figure, or this machine's one-worker profile."""
+    cluster = model.cluster
+    if cluster.cv is not None:
+        return {"source": f"cluster {cluster.name}: cluster.cv",
+                "cv_by_batch": {str(b): cluster.cv for b in model.profiles.by_batch}}
+    return {"source": "measured here: robust spread (IQR/1.349/median) of the one-worker profile's steps",
+            "cv_by_batch": {str(b): p.cv for b, p in model.profiles.by_batch.items()}}
 
 
 def report(study: Study, rows: list[dict], meta: dict, per_step: dict, cluster_name: str) -> dict:
@@ -205,6 +217,9 @@ def report(study: Study, rows: list[dict], meta: dict, per_step: dict, cluster_n
              f"cluster {cluster_name}")
     paths = write_report(study.study_dir, rows, meta, per_step, title=title)
     print(format_table(rows), flush=True)
+    jitter = meta["jitter"]
+    log.info("step-time jitter used: cv %s (%s)", ", ".join(
+        f"{v:.3f} at batch {b}" for b, v in jitter["cv_by_batch"].items()), jitter["source"])
     errors = meta["predicted_over_measured_step_time_minus_1"]
     if errors:
         log.info("model vs measured step time: %s",

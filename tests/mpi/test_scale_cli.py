@@ -96,6 +96,11 @@ def test_predict_only_to_128_gpus_on_a_cluster_preset(tmp_path):
     _check_common(rows)
     assert not (study / "runs").exists()  # nothing was launched
     assert (study / "tb" / "summary").is_dir()
+    # The report says which step-time jitter the straggler factor used, and where it came from.
+    jitter = json.loads((study / "scaling.json").read_text())["meta"]["jitter"]
+    assert jitter["source"].startswith("measured here: robust spread")
+    assert "256" in jitter["cv_by_batch"] and all(cv >= 0 for cv in jitter["cv_by_batch"].values())
+    assert "step-time jitter used: cv" in proc.stderr
 
 
 def test_predict_only_strong_scaling_of_the_default_workload(tmp_path):
@@ -125,6 +130,7 @@ def test_predict_only_strong_scaling_of_the_default_workload(tmp_path):
         (["cluster=moon"], "cluster=moon is not allowed"),
         (["scale.mode=diagonal"], "scale.mode"),
         (["scale.predict_only=true"], "needs a cluster preset"),
+        (["model=resnet"], "data=speech gives frames but model needs images"),  # the default data
     ],
 )
 def test_bad_study_input_is_one_line(tmp_path, args, message):

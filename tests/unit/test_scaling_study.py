@@ -11,8 +11,9 @@ from ddtrain.launcher.mpirun import child_env, mpirun_argv, srun_argv
 from ddtrain.perf.peak import datasheet_peak_for
 from ddtrain.scaling.cli import study_overrides
 from ddtrain.scaling.config import ScaleConfig, parse_study
-from ddtrain.scaling.measure import Launcher, percentile, summarise, trimmed_per_step
+from ddtrain.scaling.measure import Launcher, summarise, trimmed_per_step
 from ddtrain.scaling.model import Cluster, allreduce_time
+from ddtrain.scaling.spread import percentile, robust_cv
 from ddtrain.scaling.study import local_cluster
 
 
@@ -148,3 +149,14 @@ def test_repeated_runs_are_interleaved_and_their_steps_pooled(monkeypatch, tmp_p
     assert pooled[("weak", 2)]["per_step"]["step_time_s"] == [2.0, 2.0, 2.0, 3.0, 3.0, 3.0]
     passes = [json.loads(line)["pass"] for line in (tmp_path / "study" / "measurements.jsonl").open()]
     assert passes == [0, 0, 1, 1]  # every finished run is recorded
+
+
+def test_one_slow_step_barely_moves_the_jitter_estimate():
+    import statistics
+
+    steady = [1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0]
+    hiccup = [*steady, 10.0]  # one step of a shared machine's hiccup
+    assert robust_cv(steady) == pytest.approx(robust_cv(hiccup), abs=0.005) and robust_cv(hiccup) < 0.03
+    assert statistics.pstdev(hiccup) / statistics.median(hiccup) > 2  # the plain sd is ruled by it
+    assert robust_cv([1.0]) == 0.0 and robust_cv([]) == 0.0
+
