@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 
 ALGORITHMS = ("ring", "tree", "hierarchical")
@@ -49,7 +49,7 @@ class Profile:
     data_s: float
     buckets: tuple[Bucket, ...]  # launch order
     flops_per_sample: float  # training (forward + backward) FLOPs
-    cv: float = 0.0  # step-time jitter of one worker: sd / median
+    cv: float = 0.0  # step-time jitter of one worker: robust sd / median (scaling/spread.py)
     overlap: bool = True  # False: all-reduces start only after backward (no hooks)
 
     @property
@@ -93,7 +93,10 @@ class Cluster:
     inter_latency_us: float  # per algorithm step across nodes
     algorithm: str = "ring"  # ring | tree | hierarchical
     overhead_us: float = 0.0  # fixed cost per collective (launch, framework bookkeeping)
-    cv: float | None = None  # step-time jitter to assume; None: use the profile's measured one
+    # Step-time jitter (sd / median of one worker's steps) on this cluster, and where the figure
+    # comes from. None only for the machine the study runs on: its jitter is measured there.
+    cv: float | None = None
+    cv_source: str = ""
     # Compute slowdown when a node's workers all run at once (shared cores, memory bandwidth,
     # caches). ~1 for GPUs (one device each); measured for CPU workers (``ddtrain-scale``).
     node_slowdown: float = 1.0
@@ -107,7 +110,13 @@ class Cluster:
             if not getattr(self, key) > 0:
                 raise ValueError(f"cluster.{key}={getattr(self, key)!r} must be > 0")
         if self.cv is not None and not self.cv >= 0:
-            raise ValueError(f"cluster.cv={self.cv!r} must be >= 0, or null to use the measured jitter")
+            raise ValueError(f"cluster.cv={self.cv!r} must be >= 0")
+        if self.device and self.cv is None:
+            # This machine's jitter says nothing of another cluster's: a CPU VM's 5-15% would
+            # decide the predicted efficiency at 128 GPUs on its own.
+            raise ValueError(f"cluster.cv is null for cluster {self.name}, which is not this machine: give "
+                             "its step-time jitter (sd / median of one worker's step times, e.g. 0.03) and "
+                             "cluster.cv_source, where the figure comes from")
         if not self.node_slowdown > 0:
             raise ValueError(f"cluster.node_slowdown={self.node_slowdown!r} must be > 0")
         for key in ("intra_latency_us", "inter_latency_us", "overhead_us"):
@@ -170,8 +179,29 @@ class StepPrediction:
         return 1.0 - self.comm_exposed_s / self.comm_s if self.comm_s > 0 else 1.0
 
 
+def jitter(p: Profile, c: Cluster) -> float:
+    """The cv the straggler factor uses: the cluster's, or (this machine) the profile's."""
+    return p.cv if c.cv is None else c.cv
+
+
+# The other answers the model gives when its two least certain inputs are off: the jitter
+# halved or doubled, the links' achievable bandwidth 20% lower or higher.
+SENSITIVITY = ("cv_half", "cv_double", "links_minus_20pct", "links_plus_20pct")
+
+
+def varied_clusters(p: Profile, c: Cluster) -> dict[str, Cluster]:
+    """``c`` with each input of SENSITIVITY varied, one at a time."""
+    cv = jitter(p, c)
+
+    def links(factor: float) -> Cluster:
+        return replace(c, intra_bw_GBps=c.intra_bw_GBps * factor, inter_bw_GBps=c.inter_bw_GBps * factor)
+
+    return {"cv_half": replace(c, cv=cv / 2), "cv_double": replace(c, cv=cv * 2),
+            "links_minus_20pct": links(0.8), "links_plus_20pct": links(1.2)}
+
+
 def predict_step(p: Profile, c: Cluster, n: int) -> StepPrediction:
-    cv = p.cv if c.cv is None else c.cv
+    cv = jitter(p, c)
     s = straggler_factor(n, cv) * (c.node_slowdown if n > 1 else 1.0)
     fwd, bwd = s * p.forward_s, s * p.backward_s
     end = 0.0

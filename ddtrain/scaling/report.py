@@ -19,7 +19,9 @@ from ddtrain.metrics import TAGS, json_safe
 COLUMNS: tuple[str, ...] = (
     "mode", "kind", "world_size", "batch_per_worker", "global_batch",
     "step_time_s", "step_time_p90_s", "compute_s", "comm_exposed_s", "data_s", "comm_total_s",
-    "samples_per_s", "speedup", "scaling_efficiency",
+    "samples_per_s", "speedup", "scaling_efficiency", "scaling_efficiency_vs_node", "node_size",
+    "efficiency_cv_half", "efficiency_cv_double", "efficiency_links_minus_20pct",
+    "efficiency_links_plus_20pct",
     "tflops_per_worker", "tflops_total", "fraction_of_peak", "peak_tflops", "peak_source", "cluster",
 )
 
@@ -167,7 +169,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     cols = (("mode", "mode", ""), ("kind", "kind", ""), ("N", "world_size", "d"),
             ("batch/worker", "batch_per_worker", "d"), ("step (ms)", "step_time_s", ".1f"),
             ("samples/s", "samples_per_s", ".1f"), ("speedup", "speedup", ".2f"),
-            ("efficiency", "scaling_efficiency", ".3f"), ("TFLOP/s per worker", "tflops_per_worker", ".3f"),
+            ("efficiency", "scaling_efficiency", ".3f"), ("vs one node", "scaling_efficiency_vs_node", ".3f"),
+            ("TFLOP/s per worker", "tflops_per_worker", ".3f"),
             ("fraction of peak", "fraction_of_peak", ".3f"))
     body = []
     for row in rows:
@@ -183,6 +186,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         return "  ".join(aligned)
 
     return "\n".join([line([h for h, _, _ in cols])] + [line(cells) for cells in body])
+
+
+def format_sensitivity(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per mode: the predicted efficiency at the largest size, and what it becomes with
+    the jitter halved or doubled and the links' bandwidth 20% lower or higher."""
+    lines = []
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        predicted = [r for r in rows if r["mode"] == mode and r["kind"] == "predicted"]
+        if not predicted:
+            continue
+        r = max(predicted, key=lambda row: row["world_size"])
+        lines.append(
+            f"sensitivity, {mode} at N={r['world_size']}: efficiency {r['scaling_efficiency']:.3f}; "
+            f"cv/2 {r['efficiency_cv_half']:.3f}, 2cv {r['efficiency_cv_double']:.3f}; "
+            f"links -20% {r['efficiency_links_minus_20pct']:.3f}, "
+            f"+20% {r['efficiency_links_plus_20pct']:.3f}")
+    return lines
 
 
 def write_report(study_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any],

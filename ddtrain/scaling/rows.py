@@ -14,7 +14,7 @@ from ddtrain.perf.mfu import fraction_of_peak
 from ddtrain.perf.peak import Peak
 from ddtrain.scaling.config import ScaleConfig
 from ddtrain.scaling.measure import per_worker_batch
-from ddtrain.scaling.model import Cluster, Profile, predict_step
+from ddtrain.scaling.model import SENSITIVITY, Cluster, Profile, predict_step, varied_clusters
 from ddtrain.scaling.profile import profile_worker
 
 log = logging.getLogger("ddtrain")
@@ -38,17 +38,28 @@ class Point:
     comm_exposed_s: float | None = None
     data_s: float | None = None
     comm_total_s: float | None = None
+    # One full node as the baseline, as papers report: its workers and its samples/s (None when
+    # that size is neither measured nor predicted).
+    node_size: int | None = None
+    one_node_rate: float | None = None
+    # Predicted rows: the step time with each input of model.SENSITIVITY varied.
+    varied_step_s: dict[str, float] = field(default_factory=dict)
 
     def row(self) -> dict:
         n, batch, step = self.world_size, self.batch_per_worker, self.step_time_s
         rate = n * batch / step
         achieved = batch * self.flops_per_sample / step  # per worker
+        vs_node = (rate / (n / self.node_size * self.one_node_rate)
+                   if self.node_size and self.one_node_rate and n >= self.node_size else None)
+        varied = {f"efficiency_{key}": (n * batch / self.varied_step_s[key]) / (n * self.one_worker_rate)
+                  if key in self.varied_step_s else None for key in SENSITIVITY}
         return {
             "mode": self.mode, "kind": self.kind, "world_size": n, "batch_per_worker": batch,
             "global_batch": n * batch, "step_time_s": step, "step_time_p90_s": self.step_time_p90_s,
             "compute_s": self.compute_s, "comm_exposed_s": self.comm_exposed_s, "data_s": self.data_s,
             "comm_total_s": self.comm_total_s, "samples_per_s": rate,
             "speedup": rate / self.one_worker_rate, "scaling_efficiency": rate / (n * self.one_worker_rate),
+            "scaling_efficiency_vs_node": vs_node, "node_size": self.node_size, **varied,
             "tflops_per_worker": achieved / 1e12, "tflops_total": n * achieved / 1e12,
             "fraction_of_peak": fraction_of_peak(achieved, self.peak),
             "peak_tflops": self.peak.flops / 1e12, "peak_source": self.peak.label, "cluster": self.cluster,
@@ -101,15 +112,26 @@ def predicted_points(scale: ScaleConfig, mode: str, profiles: Profiles, cluster:
     one_worker_batch = per_worker_batch(profiles.fixed_batches, mode, 1)
     base = profiles.profile(one_worker_batch, mode)
     one_worker_step = predict_step(base, cluster, 1).step_s
+    # A node of this machine is the whole of it, with no wider network to compare against.
+    node = cluster.gpus_per_node if cluster.device else None
+    node_rate = None
+    if node is not None and (mode == "weak" or global_batch % node == 0):
+        node_batch = per_worker_batch(profiles.fixed_batches, mode, node)
+        node_step = predict_step(profiles.profile(node_batch, mode), cluster, node).step_s
+        node_rate = node * node_batch / node_step
     points = []
     for n in sizes:
         batch = per_worker_batch(profiles.fixed_batches, mode, n)
-        pred = predict_step(profiles.profile(batch, mode), cluster, n)
+        profile = profiles.profile(batch, mode)
+        pred = predict_step(profile, cluster, n)
+        varied = {key: predict_step(profile, c, n).step_s
+                  for key, c in varied_clusters(profile, cluster).items()}
         points.append(Point(mode=mode, kind="predicted", world_size=n, batch_per_worker=batch,
                             step_time_s=pred.step_s, one_worker_rate=one_worker_batch / one_worker_step,
                             flops_per_sample=base.flops_per_sample, peak=peak, cluster=cluster.name,
                             compute_s=pred.compute_s, comm_exposed_s=pred.comm_exposed_s,
-                            comm_total_s=pred.comm_s))
+                            comm_total_s=pred.comm_s, node_size=node, one_node_rate=node_rate,
+                            varied_step_s=varied))
     return points
 
 

@@ -31,7 +31,7 @@ from ddtrain.scaling.measure import (
     measure_node_slowdown,
 )
 from ddtrain.scaling.model import Cluster
-from ddtrain.scaling.report import format_table, write_report
+from ddtrain.scaling.report import format_sensitivity, format_table, write_report
 from ddtrain.scaling.rows import Profiles, model_error, study_rows
 
 log = logging.getLogger("ddtrain")
@@ -205,7 +205,7 @@ def jitter_used(model: ModelInputs) -> dict:
     came from: the cluster's own figure, or this machine's one-worker profile."""
     cluster = model.cluster
     if cluster.cv is not None:
-        return {"source": f"cluster {cluster.name}: cluster.cv",
+        return {"source": f"cluster {cluster.name}: {cluster.cv_source or 'cluster.cv'}",
                 "cv_by_batch": {str(b): cluster.cv for b in model.profiles.by_batch}}
     return {"source": "measured here: robust spread (IQR/1.349/median) of the one-worker profile's steps",
             "cv_by_batch": {str(b): p.cv for b, p in model.profiles.by_batch.items()}}
@@ -216,7 +216,7 @@ def report(study: Study, rows: list[dict], meta: dict, per_step: dict, cluster_n
     title = (f"ddtrain scaling: {study.cfg.model.name}, {', '.join(study.scale.modes)} scaling, "
              f"cluster {cluster_name}")
     paths = write_report(study.study_dir, rows, meta, per_step, title=title)
-    print(format_table(rows), flush=True)
+    print("\n".join([format_table(rows), *format_sensitivity(rows)]), flush=True)
     jitter = meta["jitter"]
     log.info("step-time jitter used: cv %s (%s)", ", ".join(
         f"{v:.3f} at batch {b}" for b, v in jitter["cv_by_batch"].items()), jitter["source"])

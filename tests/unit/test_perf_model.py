@@ -135,7 +135,14 @@ def test_cluster_presets_load_and_bad_values_are_named():
         parse_cluster({**base, "cv": "high"})
     with pytest.raises(ValueError, match="cluster.device is missing"):
         parse_cluster({k: v for k, v in base.items() if k != "device"})
-    assert parse_cluster({**base, "cv": None}).cv is None and parse_cluster({**base, "cv": 0.05}).cv == 0.05
+    assert parse_cluster({**base, "cv": 0.05}).cv == 0.05
+    # Another cluster's jitter is its own: only this machine (no device) may leave it to be measured.
+    with pytest.raises(ValueError, match="cluster.cv is null for cluster dgx_h100"):
+        parse_cluster({**base, "cv": None})
+    local = OmegaConf.to_container(OmegaConf.load(CLUSTERS / "local.yaml"))
+    assert parse_cluster(local).cv is None
+    for name in ("dgx_h100", "roce25_4gpu", "titanx_ib_2016"):
+        assert preset(name).cv_source.startswith("assumption:"), name
 
 
 # ----------------------------------------------------------------------------- validation

@@ -38,6 +38,11 @@ def row(mode: str, kind: str, n: int, efficiency: float) -> dict:
         "speedup": n * efficiency, "scaling_efficiency": efficiency, "tflops_per_worker": tflops,
         "tflops_total": tflops * n, "fraction_of_peak": tflops / PEAK, "peak_tflops": PEAK,
         "peak_source": "datasheet: H100 SXM BF16 dense", "cluster": "h100-ib",
+        "scaling_efficiency_vs_node": None if measured or n < 8 else efficiency / 0.97,
+        "node_size": None if measured else 8,
+        **{f"efficiency_{key}": None if measured else efficiency + delta
+           for key, delta in (("cv_half", 0.01), ("cv_double", -0.02), ("links_minus_20pct", -0.01),
+                              ("links_plus_20pct", 0.005))},
     }
 
 
@@ -189,3 +194,14 @@ def test_full_report(tmp_path):
     paths = write_report(tmp_path, rows_fixture(), META, PER_STEP, title="full")
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in paths["tb"].iterdir()) == ["summary", "weak-n1", "weak-n2"]
+
+
+def test_the_sensitivity_line_reads_the_largest_predicted_size():
+    from ddtrain.scaling.report import format_sensitivity
+
+    rows = rows_fixture()
+    lines = format_sensitivity(rows)
+    assert len(lines) == 2 and lines[0].startswith("sensitivity, weak at N=128: efficiency ")
+    big = next(r for r in rows if r["mode"] == "weak" and r["kind"] == "predicted" and r["world_size"] == 128)
+    assert f"cv/2 {big['efficiency_cv_half']:.3f}, 2cv {big['efficiency_cv_double']:.3f}" in lines[0]
+

@@ -69,3 +69,28 @@ def test_strong_rows_skip_sizes_the_global_batch_does_not_split_over():
     assert [(r["world_size"], r["batch_per_worker"]) for r in rows] == [(1, 12), (2, 6), (4, 3)]
     assert model_error(rows) == {}
     assert profiles.profile(6, "strong").overlap is False
+
+
+def test_predicted_rows_carry_the_node_baseline_and_the_sensitivity_of_their_efficiency():
+    from ddtrain.scaling.model import Bucket
+
+    gpus = Cluster("gpus", "h100_sxm", 4, 50.0, 5.0, 5.0, 20.0, cv=0.03, cv_source="assumption: test")
+    profile = Profile(batch=8, forward_s=0.01, backward_s=0.02, optimizer_s=0.001, data_s=0.0,
+                      buckets=(Bucket(50e6, 0.5), Bucket(50e6, 1.0)), flops_per_sample=1e8)
+    profiles = Profiles(TrainConfig(), torch.device("cpu"), {"weak": 8}, {}, by_batch={8: profile})
+    rows = study_rows(ScaleConfig(world_sizes=(1,), predict_to=32, predict_only=True), profiles, gpus, PEAK,
+                      PEAK)
+    by_n = {r["world_size"]: r for r in rows}
+    assert all(r["node_size"] == 4 for r in rows)
+    assert [by_n[n]["scaling_efficiency_vs_node"] for n in (1, 2)] == [None, None]  # below one node
+    assert by_n[4]["scaling_efficiency_vs_node"] == pytest.approx(1.0)
+    # Against a node, the efficiency loses only what crossing nodes costs.
+    big = by_n[32]
+    node_rate = by_n[4]["samples_per_s"]
+    assert big["scaling_efficiency_vs_node"] == pytest.approx(big["samples_per_s"] / (8 * node_rate))
+    assert big["scaling_efficiency_vs_node"] > big["scaling_efficiency"]
+    # More jitter or slower links: lower efficiency; less or faster: higher. N = 1 has neither.
+    assert big["efficiency_cv_double"] < big["scaling_efficiency"] < big["efficiency_cv_half"]
+    slower, faster = big["efficiency_links_minus_20pct"], big["efficiency_links_plus_20pct"]
+    assert slower < big["scaling_efficiency"] < faster
+    assert by_n[1]["efficiency_cv_double"] == pytest.approx(1.0)
