@@ -28,6 +28,50 @@ def _validate(raw) -> None:
     parse_study(raw)
 
 
+def _presets() -> list[str]:
+    from importlib.resources import files
+
+    return sorted(p.name.removesuffix(".yaml") for p in files(CONFIG_MODULE).joinpath("cluster").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or value.endswith((".yaml", ".yml"))
+
+
+def cluster_override_problem(overrides: list[str]) -> str | None:
+    """The cluster chosen in a way that cannot work, as one line; None when it is fine.
+
+    ``cluster=`` takes a preset's name, so a path there is a file meant for ``scale.cluster_file``;
+    and with ``scale.cluster_file`` the file is the whole cluster section, so a ``cluster=`` or
+    ``cluster.KEY=`` beside it would be ignored without a word.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return None  # preflight reports what Hydra cannot parse, in Hydra's words
+    cluster = [o for o in parsed if not o.is_delete() and (o.key_or_group == "cluster"
+                                                           or o.key_or_group.startswith("cluster."))]
+    for o in cluster:
+        value = o.value()
+        if o.key_or_group == "cluster" and isinstance(value, str) and _looks_like_path(value):
+            presets = ", ".join(_presets())
+            return (f"cluster={value} is a file path, but cluster= takes a preset name ({presets}); "
+                    f"for your own cluster file use scale.cluster_file={value}")
+    files = [o.value() for o in parsed if o.key_or_group == "scale.cluster_file" and not o.is_delete()]
+    if not cluster or not files or not files[-1]:
+        return None
+    given, first = files[-1], cluster[0]
+    if first.key_or_group == "cluster":
+        return (f"cluster={first.value()} and scale.cluster_file={given} both choose the cluster; "
+                "fix: keep one of them")
+    key, value = first.key_or_group.removeprefix("cluster."), first.input_line.split("=", 1)[1]
+    return (f"{first.input_line} has no effect with scale.cluster_file={given}, which is the whole cluster "
+            f"section; fix: write {key}: {value} in {given}")
+
+
 TRAIN_GROUPS = ("model", "data", "optim", "comm", "trainer")
 
 
@@ -57,10 +101,13 @@ def _task(cfg) -> None:
     from ddtrain.scaling.study import StudyError, run_study
 
     try:
-        train_cfg, scale, cluster = parse_study(OmegaConf.to_container(cfg, resolve=True))
+        # hydra.job.chdir=true would move this process; a relative cluster file still means the
+        # directory ddtrain-scale was started in.
+        hc = HydraConfig.get()
+        raw = OmegaConf.to_container(cfg, resolve=True)
+        train_cfg, scale, cluster = parse_study(raw, Path(hc.runtime.cwd))
     except ConfigError as e:
         fail(str(e))
-    hc = HydraConfig.get()
     study_dir = Path(hc.runtime.output_dir)
     setup_logging(detect_launch_env(os.environ), None)
     fh = logging.FileHandler(study_dir / "study.log")
@@ -83,6 +130,11 @@ def main() -> None:
     if detect_launch_env(os.environ).world_size > 1:
         fail("ddtrain-scale runs as one process and launches the workers itself; run it without "
              "mpirun/srun/torchrun (inside a Slurm allocation use scale.launcher=srun)")
+    from hydra._internal.utils import get_args_parser
+
+    problem = cluster_override_problem(get_args_parser().parse_known_args(sys.argv[1:])[0].overrides)
+    if problem:
+        fail(problem)
     preflight(sys.argv[1:], config_name="scale", validate=_validate)
     hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="scale", version_base="1.3")(_task)()
 

@@ -7,11 +7,19 @@ through ``ddtrain.config.from_mapping``, so a study trains exactly what ``ddtrai
 from __future__ import annotations
 
 import dataclasses
+import io
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from ddtrain.config import ConfigError, TrainConfig, build_section, check_choice, check_positive, from_mapping
+from ddtrain.errors import one_line
 from ddtrain.launcher.flavour import FLAVOURS
 from ddtrain.launcher.policy import LAUNCHERS
 from ddtrain.scaling.model import Cluster
@@ -37,6 +45,9 @@ class ScaleConfig:
     peak: str = "auto"  # auto | measure | a peak-table device key (see ddtrain/perf/peak.py)
     allreduce_max_mb: float = 64.0  # largest message of the all-reduce calibration
     timeout_s: float = 900.0  # per launched job
+    # A cluster description of one's own (YAML, the keys of a configs/cluster/ preset); it
+    # replaces the cluster section. Relative to the directory ddtrain-scale starts in.
+    cluster_file: str = ""
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -88,18 +99,103 @@ def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
 
 
 def parse_cluster(raw: Mapping[str, Any]) -> Cluster:
-    """A cluster description, type-checked like the training config; Cluster checks ranges."""
+    """A cluster description, type-checked like the training config; Cluster checks ranges, and
+    the device must be one the peak table knows, since predictions are held to its datasheet."""
     try:
-        return build_section(Cluster, raw, "cluster")
+        cluster = build_section(Cluster, raw, "cluster")
     except ValueError as e:  # ConfigError is one; Cluster's own range checks raise ValueError
         raise ConfigError(str(e)) from None
+    if cluster.device:
+        from ddtrain.perf.peak import PEAK_TABLE, match_device  # imports torch: only when needed
+
+        if match_device(cluster.device) is None:
+            raise ConfigError(f"cluster.device={cluster.device!r} has no datasheet peak; choose one of: "
+                              f"{', '.join(PEAK_TABLE)}, or \"\" for the machine the study runs on")
+    return cluster
 
 
-def parse_study(raw: Mapping[str, Any]) -> tuple[TrainConfig, ScaleConfig, Cluster]:
-    """Validate a composed ``ddtrain-scale`` config: (training config, study, cluster)."""
+def _cluster_keys() -> str:
+    return ", ".join(f.name for f in dataclasses.fields(Cluster))
+
+
+def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
+    """Where in the file a YAML error is, and what it is, as one line."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}"
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+        return f"line {text.count(chr(10), 0, e.position) + 1}: character #x{e.character:04x}: {e.reason}"
+    return one_line(e, typed=False)
+
+
+def _cluster_mapping(text: str, where: str, path: Path) -> dict:
+    """The file's keys and values, read as Hydra reads a preset (OmegaConf's YAML rules: ``4e2``
+    is a number, a key given twice is an error)."""
+    try:
+        top = yaml.compose(text, Loader=yaml.SafeLoader)  # the shape, before any value is built
+        if not isinstance(top, yaml.MappingNode):
+            what = ("is empty" if top is None else "holds a list" if isinstance(top, yaml.SequenceNode)
+                    else f"holds the single value {top.value!r}")
+            raise ConfigError(f"{where}: {path} {what}, not a mapping of cluster keys; fix: write one "
+                              f"'key: value' line per key; a cluster takes: {_cluster_keys()}")
+        values = OmegaConf.to_container(OmegaConf.load(io.StringIO(text)), resolve=True)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: {path} is not valid YAML: {_yaml_problem(e, text)}") from None
+    except OmegaConfBaseException as e:  # an interpolation ${...} that does not resolve
+        reason = one_line(e, typed=False)
+        raise ConfigError(f"{where}: {path} has a ${{...}} that does not resolve ({reason}); fix: write the "
+                          "value itself") from None
+    # YAML keys may be numbers or booleans; as names they are simply unknown keys.
+    return {str(k): v for k, v in values.items()}
+
+
+def read_cluster_file(given: str, cwd: Path) -> tuple[Path, Cluster]:
+    """The cluster that ``scale.cluster_file=given`` describes, and the file's absolute path.
+
+    The file is a complete cluster section: the keys of a configs/cluster/ preset, checked as a
+    preset's are. A relative path starts from ``cwd``. Every error is one line naming the file.
+    """
+    where = f"scale.cluster_file={given}"
+    path = cwd / Path(given).expanduser()
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{where}: {path} does not exist (a relative path starts from the directory "
+                          "ddtrain-scale runs in); fix: give the path of your cluster YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        # Read twice (before Hydra starts, then in the job), so a pipe would be empty the second time.
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise ConfigError(f"{where}: {path} is {kind}; fix: give the path of your cluster YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")  # Hydra reads presets as UTF-8 too
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text (byte {e.start}); fix: save it as "
+                          "UTF-8 YAML") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+    raw = _cluster_mapping(text, where, path)
+    try:
+        return path, parse_cluster(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def parse_study(raw: Mapping[str, Any], cwd: Path | None = None) -> tuple[TrainConfig, ScaleConfig, Cluster]:
+    """Validate a composed ``ddtrain-scale`` config: (training config, study, cluster).
+
+    ``cwd``: the directory a relative ``scale.cluster_file`` starts from (default: this process's);
+    the returned ScaleConfig holds the file's absolute path, so the study records which file it was.
+    """
     raw = {k: v for k, v in raw.items() if k != "hydra"}
     scale = parse_scale(raw.pop("scale", {}) or {})
-    cluster = parse_cluster(raw.pop("cluster", {}) or {})
+    section = raw.pop("cluster", {}) or {}  # the cluster group's choice, unless a file replaces it
+    if scale.cluster_file:
+        path, cluster = read_cluster_file(scale.cluster_file, Path.cwd() if cwd is None else cwd)
+        scale = dataclasses.replace(scale, cluster_file=str(path))
+    else:
+        cluster = parse_cluster(section)
     cfg = from_mapping(raw)
     if "strong" in scale.modes:
         global_batch = scale.strong_global_batch(cfg.data.batch_size)
@@ -109,6 +205,12 @@ def parse_study(raw: Mapping[str, Any]) -> tuple[TrainConfig, ScaleConfig, Clust
                 f"strong scaling: the global batch {global_batch} does not split over {bad[0]} workers; set "
                 "scale.global_batch to a multiple of every world size"
             )
+    if scale.predict_only and not cluster.device and scale.cluster_file:
+        raise ConfigError(
+            f"scale.predict_only=true needs a cluster to predict for, but {scale.cluster_file} has "
+            "device: \"\" (the machine the study runs on, calibrated from measured runs); fix: set its "
+            "device to the workers' GPU, e.g. h100_sxm"
+        )
     if scale.predict_only and not cluster.device:
         raise ConfigError(
             "scale.predict_only=true needs a cluster preset to predict for (e.g. cluster=dgx_h100); "
