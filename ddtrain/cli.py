@@ -57,7 +57,13 @@ def _not_allowed_option(exc: BaseException) -> str | None:
     options = getattr(exc, "options", None)
     missing = getattr(exc, "missing_cfg_file", None)
     if options and missing and "/" in str(missing):
-        group, name = str(missing).rsplit("/", 1)
+        # A group path is names (hydra/job_logging); the option after it may hold a path of
+        # its own (model=./mine.yaml, model=/abs/mine.yaml), which does not start with a name.
+        parts = str(missing).split("/")
+        cut = 1
+        while cut < len(parts) - 1 and parts[cut].isidentifier():
+            cut += 1
+        group, name = "/".join(parts[:cut]), "/".join(parts[cut:])
         return f"{group}={name} is not allowed; choose one of: {', '.join(sorted(options))}"
     return None
 

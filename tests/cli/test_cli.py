@@ -98,3 +98,20 @@ def test_torchrun_two_ranks_share_one_run_directory(tmp_path):
     assert "2 rank(s) via torchrun, backend gloo" in proc.stderr
     assert "failed to bind" not in proc.stderr  # rank 0 joins the agent's store, no second server
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("missing, expected", [
+    ("model/foo", "model=foo"),
+    ("model/./mine.yaml", "model=./mine.yaml"),
+    ("model//abs/mine.yaml", "model=/abs/mine.yaml"),
+    ("hydra/job_logging/nope", "hydra/job_logging=nope"),
+])
+def test_an_unknown_group_option_is_named_as_it_was_typed(missing, expected):
+    # In-process: Hydra's "Could not find 'model/./mine.yaml'" as the user typed the override.
+    from ddtrain.cli import _not_allowed_option
+
+    class Missing(Exception):
+        options = ["a", "b"]
+        missing_cfg_file = missing
+
+    assert _not_allowed_option(Missing()) == f"{expected} is not allowed; choose one of: a, b"
