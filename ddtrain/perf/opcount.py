@@ -20,7 +20,8 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 # Ops that only re-describe memory (or mark a profiler range): no data moves, no kernel runs.
-_VIEWS = {"_record_function_enter_new", "_record_function_exit", "_local_scalar_dense","view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "as_strided",
+_VIEWS = {"_record_function_enter_new", "_record_function_exit", "_local_scalar_dense",
+          "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "as_strided",
           "detach", "alias", "squeeze", "unsqueeze", "slice", "select", "split", "split_with_sizes",
           "unbind", "lift_fresh", "_reshape_alias", "view_as", "expand_as", "contiguous"}
 # Ops that reduce or normalise over a dimension: bound by memory, like elementwise ops, but a

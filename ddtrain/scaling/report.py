@@ -55,6 +55,14 @@ def write_json(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
     Path(path).write_text(text + "\n")
 
 
+def _y_top(values: list[float]) -> float:
+    """Top of a panel's y axis. Both quantities are in (0, 1]: the whole range while the values
+    reach past half of it, so panels compare at a glance; else 1.3 x the largest value, so that a
+    fraction of peak of 0.002 is a curve, not a flat line at 0."""
+    high = max(values, default=1.0)
+    return 1.05 if high > 0.5 or high <= 0 else 1.3 * high
+
+
 def _figure(rows: list[dict[str, Any]], title: str):
     import matplotlib
 
@@ -80,7 +88,7 @@ def _figure(rows: list[dict[str, Any]], title: str):
                 else:  # measured points sit on top of the model they validate
                     ax.plot(xs, ys, "--o", color=colour, markersize=7, zorder=3, label=f"{mode}, measured")
         ax.set_xscale("log", base=2)
-        ax.set_ylim(0, 1.05)  # both quantities are in (0, 1]; a fixed range keeps panels comparable
+        ax.set_ylim(0, _y_top([r[key] for r in rows if _number(r[key])]))
         ax.set_xlabel("world size (workers)")
         ax.set_ylabel(ylabel)
         ax.set_title(label)

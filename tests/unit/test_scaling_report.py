@@ -115,8 +115,10 @@ def test_figure_axes():
         for ax in axes:
             assert ax.get_xscale() == "log"
             assert ax.xaxis.get_transform().base == 2
-            assert ax.get_ylim() == (0, 1.05)
             assert any(128 in line.get_xdata() for line in ax.get_lines())
+        assert axes[0].get_ylim() == (0, 1.05)  # efficiencies reach 1: the whole range
+        top = 1.3 * max(r["fraction_of_peak"] for r in rows_fixture())  # fractions stay under 0.5
+        assert axes[1].get_ylim() == pytest.approx((0, top))
         labels = [t.get_text() for t in axes[0].get_xticklabels()]
         assert labels == ["1", "2", "4", "8", "16", "32", "64", "128"]
         legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
@@ -204,4 +206,17 @@ def test_the_sensitivity_line_reads_the_largest_predicted_size():
     assert len(lines) == 2 and lines[0].startswith("sensitivity, weak at N=128: efficiency ")
     big = next(r for r in rows if r["mode"] == "weak" and r["kind"] == "predicted" and r["world_size"] == 128)
     assert f"cv/2 {big['efficiency_cv_half']:.3f}, 2cv {big['efficiency_cv_double']:.3f}" in lines[0]
+
+
+def test_a_tiny_fraction_of_peak_is_drawn_as_a_curve():
+    import matplotlib.pyplot as plt
+
+    rows = [{**r, "fraction_of_peak": r["fraction_of_peak"] / 200} for r in rows_fixture()]
+    fig = _figure(rows, "test")
+    try:
+        bottom, top = fig.get_axes()[1].get_ylim()
+        highest = max(r["fraction_of_peak"] for r in rows)
+        assert bottom == 0 and highest < top < 2 * highest  # the curve fills the panel
+    finally:
+        plt.close(fig)
 
