@@ -216,4 +216,32 @@ def parse_study(raw: Mapping[str, Any], cwd: Path | None = None) -> tuple[TrainC
             "scale.predict_only=true needs a cluster preset to predict for (e.g. cluster=dgx_h100); "
             "cluster=local is calibrated from measured runs"
         )
+    check_peak_names_this_device(scale.peak, cfg.trainer.device)
     return cfg, scale, cluster
+
+
+def check_peak_names_this_device(peak: str, trainer_device: str, local_gpu: str | None = None) -> None:
+    """``scale.peak=KEY`` sets the datasheet peak of the device the study runs on, so KEY must be
+    that device: a CPU held to a GPU's datasheet would carry its profile to the cluster at a
+    fraction of peak it never ran at. The device predicted for is ``cluster.device``.
+    ``local_gpu``: the name of this machine's GPU (None: ask torch; "": none is used)."""
+    if peak in ("auto", "measure"):
+        return
+    from ddtrain.perf.peak import PEAK_TABLE, match_device  # imports torch: only when needed
+
+    if local_gpu is None:
+        import torch
+
+        used = torch.cuda.is_available() and trainer_device != "cpu"
+        local_gpu = torch.cuda.get_device_name(0) if used else ""
+    key = match_device(peak)
+    if key is None:
+        raise ConfigError(f"scale.peak={peak!r} is not allowed; choose auto, measure, or one of: "
+                          f"{', '.join(PEAK_TABLE)}")
+    here = match_device(local_gpu) if local_gpu else None
+    if key != here:
+        where = f"a {local_gpu}" if local_gpu else "the CPU"
+        raise ConfigError(
+            f"scale.peak={peak} is the datasheet of a {key}, but this study runs on {where}: the peak "
+            "measured against is this device's own. Use scale.peak=auto or measure; the device "
+            "predicted for is cluster.device (e.g. cluster=dgx_h100)")

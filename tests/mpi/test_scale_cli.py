@@ -140,6 +140,8 @@ def test_predict_only_strong_scaling_of_the_default_workload(tmp_path):
         (["scale.mode=diagonal"], "scale.mode"),
         (["scale.predict_only=true"], "needs a cluster preset"),
         (["model=resnet"], "data=speech gives frames but model needs images"),  # the default data
+        (["scale.peak=p100_sxm2", "scale.predict_only=true", "cluster=dgx_h100"],
+         "is the datasheet of a p100_sxm2, but this study runs on the CPU"),
     ],
 )
 def test_bad_study_input_is_one_line(tmp_path, args, message):

@@ -222,3 +222,19 @@ def test_the_readme_documents_every_key_and_its_example_is_a_valid_cluster(compo
     cluster = study(composed, tmp_path, "example.yaml")[2]
     assert set(OmegaConf.create(example)) == set(FIELDS)  # complete: every key given
     assert cluster.device and cluster.cv is not None
+
+
+@pytest.mark.parametrize("peak, local_gpu, needle", [
+    ("p100_sxm2", "", "scale.peak=p100_sxm2 is the datasheet of a p100_sxm2, but this study runs on the CPU"),
+    ("h100_sxm", "NVIDIA A100-SXM4-80GB", "but this study runs on a NVIDIA A100-SXM4-80GB"),
+    ("nosuchgpu", "", "scale.peak='nosuchgpu' is not allowed; choose auto, measure, or one of: h100_sxm"),
+])
+def test_scale_peak_never_relabels_the_device_the_study_runs_on(peak, local_gpu, needle):
+    from ddtrain.scaling.config import check_peak_names_this_device
+
+    with pytest.raises(ConfigError) as err:
+        check_peak_names_this_device(peak, "auto", local_gpu)
+    assert needle in str(err.value)
+    check_peak_names_this_device("auto", "auto", "")
+    check_peak_names_this_device("measure", "auto", "")
+    check_peak_names_this_device("h100_sxm", "auto", "NVIDIA H100 80GB HBM3")  # it is this GPU
