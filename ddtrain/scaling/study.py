@@ -211,12 +211,33 @@ def jitter_used(model: ModelInputs) -> dict:
             "cv_by_batch": {str(b): p.cv for b, p in model.profiles.by_batch.items()}}
 
 
+def devices_used(rows: list[dict], meta: dict) -> list[str]:
+    """For each kind of row: the device, the peak its fraction is of, and the device model, so
+    the table never leaves a reader to guess which device a number speaks of."""
+    lines = []
+    peak_here = meta["peak_measured_here"]
+    if any(r["kind"] == "measured" for r in rows):
+        lines.append(f"measured rows: {meta['device']} on this machine; peak {peak_here['device']} "
+                     f"{peak_here['flops'] / 1e12:.3g} TFLOP/s ({peak_here['source']}); timed runs")
+    if any(r["kind"] == "predicted" for r in rows):
+        cluster, peak = meta["cluster"], meta["peak_predicted_for"]
+        if cluster["device"]:
+            model = (f"this machine's one-worker profile carried at its measured fraction of peak "
+                     f"(compute times x {meta['compute_transfer_factor']:.3g})")
+        else:
+            model = "this machine's one-worker profile, as measured"
+        lines.append(f"predicted rows: cluster {cluster['name']} ({cluster['device'] or 'this machine'}); "
+                     f"peak {peak['device']} {peak['flops'] / 1e12:.3g} TFLOP/s ({peak['source']}); "
+                     f"device model: {model}")
+    return lines
+
+
 def report(study: Study, rows: list[dict], meta: dict, per_step: dict, cluster_name: str) -> dict:
     """Write the report files, print the table, and log the model's error."""
     title = (f"ddtrain scaling: {study.cfg.model.name}, {', '.join(study.scale.modes)} scaling, "
              f"cluster {cluster_name}")
     paths = write_report(study.study_dir, rows, meta, per_step, title=title)
-    print("\n".join([format_table(rows), *format_sensitivity(rows)]), flush=True)
+    print("\n".join([format_table(rows), *format_sensitivity(rows), *devices_used(rows, meta)]), flush=True)
     jitter = meta["jitter"]
     log.info("step-time jitter used: cv %s (%s)", ", ".join(
         f"{v:.3f} at batch {b}" for b, v in jitter["cv_by_batch"].items()), jitter["source"])

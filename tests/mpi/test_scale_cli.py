@@ -66,6 +66,8 @@ def test_measured_study_one_and_two_workers(tmp_path):
             assert "measured" in r["peak_source"]  # a CPU peak is always the probe's
     # Each size ran once, in its own run directory.
     assert sorted(p.name for p in (study / "runs").iterdir() if p.is_dir()) == ["weak-n1", "weak-n2"]
+    assert "measured rows: cpu, " in proc.stdout
+    assert "predicted rows: cluster local (this machine)" in proc.stdout
     # cluster=local: the jitter is this machine's, measured.
     jitter = json.loads((study / "scaling.json").read_text())["meta"]["jitter"]
     assert jitter["source"].startswith("measured here: robust spread")
@@ -110,6 +112,11 @@ def test_predict_only_to_128_gpus_on_a_cluster_preset(tmp_path):
         assert r["node_size"] == "8" and (vs_node == "" if n < 8 else 0 < float(vs_node) <= 1.5), r
     assert "sensitivity, weak at N=128: efficiency " in proc.stdout
     assert "sensitivity, strong at N=128: efficiency " in proc.stdout
+    # Which device each kind of row speaks of, at which peak, through which device model.
+    predicted = next(ln for ln in proc.stdout.splitlines() if ln.startswith("predicted rows: "))
+    assert predicted.startswith("predicted rows: cluster dgx_h100 (h100_sxm); peak h100_sxm ")
+    assert "device model: this machine's one-worker profile carried at its measured fraction" in predicted
+    assert "measured rows:" not in proc.stdout
 
 
 def test_predict_only_strong_scaling_of_the_default_workload(tmp_path):
