@@ -134,6 +134,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             raise ConfigError(f"{key}={value!r} is not a list; write {key}=[a,b]")
         (item,) = {a for a in typing.get_args(typ) if a is not Ellipsis}
         return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(typ):  # a nested group of keys, e.g. scale.given.step_time_s
+        return build_section(typ, value if value is not None else {}, key)
     if typ is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} is not a boolean; use true or false")

@@ -10,7 +10,7 @@ import dataclasses
 import io
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,24 @@ from ddtrain.launcher.policy import LAUNCHERS
 from ddtrain.scaling.model import Cluster
 
 MODES = ("weak", "strong", "both")
+
+
+@dataclass(frozen=True)
+class GivenRate:
+    """One worker's rate on the cluster's device, from a source the user trusts (a published
+    single-GPU figure, or their own run), at the study's one-worker batch. Zero: not given."""
+
+    step_time_s: float = 0.0
+    samples_per_s: float = 0.0
+    fwd_bwd_ratio: float = 0.0  # forward time / backward time (0: the profile's own split)
+    source: str = ""  # where the figure comes from, for the report
+
+    @property
+    def given(self) -> bool:
+        return self.step_time_s > 0 or self.samples_per_s > 0
+
+    def step_time(self, batch: int) -> float:
+        return self.step_time_s if self.step_time_s > 0 else batch / self.samples_per_s
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,9 @@ class ScaleConfig:
     # A cluster description of one's own (YAML, the keys of a configs/cluster/ preset); it
     # replaces the cluster section. Relative to the directory ddtrain-scale starts in.
     cluster_file: str = ""
+    # A one-worker rate on the cluster's device to predict from, instead of this machine's
+    # profile carried there at its fraction of peak.
+    given: GivenRate = field(default_factory=GivenRate)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -86,6 +107,7 @@ def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
             f"scale.world_sizes={list(scale.world_sizes)} lacks 1; efficiency is measured against one "
             "worker, so add 1 (e.g. scale.world_sizes=[1,2,4])"
         )
+    _check_given(scale.given)
     if scale.steps < 3:
         raise ConfigError(f"scale.steps={scale.steps} must be >= 3 (medians and p90 need a few steps)")
     check_positive("scale.warmup_steps", scale.warmup_steps, zero_ok=True)
@@ -96,6 +118,18 @@ def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
     check_positive("scale.allreduce_max_mb", scale.allreduce_max_mb)
     check_positive("scale.timeout_s", scale.timeout_s)
     return scale
+
+
+def _check_given(g: GivenRate) -> None:
+    check_positive("scale.given.step_time_s", g.step_time_s, zero_ok=True)
+    check_positive("scale.given.samples_per_s", g.samples_per_s, zero_ok=True)
+    check_positive("scale.given.fwd_bwd_ratio", g.fwd_bwd_ratio, zero_ok=True)
+    if g.step_time_s > 0 and g.samples_per_s > 0:
+        raise ConfigError("scale.given.step_time_s and scale.given.samples_per_s are both set; give one "
+                          "(samples/s = the one-worker batch / step time)")
+    if g.fwd_bwd_ratio and not g.given:
+        raise ConfigError("scale.given.fwd_bwd_ratio is set but no rate is; give scale.given.step_time_s "
+                          "or scale.given.samples_per_s too")
 
 
 def parse_cluster(raw: Mapping[str, Any]) -> Cluster:
@@ -216,6 +250,9 @@ def parse_study(raw: Mapping[str, Any], cwd: Path | None = None) -> tuple[TrainC
             "scale.predict_only=true needs a cluster preset to predict for (e.g. cluster=dgx_h100); "
             "cluster=local is calibrated from measured runs"
         )
+    if scale.given.given and not cluster.device:
+        raise ConfigError("scale.given is one worker's rate on the cluster's GPU, and this cluster is the "
+                          "machine the study runs on; pick a preset (e.g. cluster=dgx_h100) or measure here")
     check_peak_names_this_device(scale.peak, cfg.trainer.device)
     return cfg, scale, cluster
 

@@ -12,8 +12,8 @@ import torch
 from ddtrain.config import TrainConfig
 from ddtrain.perf.mfu import fraction_of_peak
 from ddtrain.perf.peak import Peak
-from ddtrain.scaling.config import ScaleConfig
-from ddtrain.scaling.measure import per_worker_batch
+from ddtrain.scaling.config import GivenRate, ScaleConfig
+from ddtrain.scaling.measure import StudyError, per_worker_batch
 from ddtrain.scaling.model import SENSITIVITY, Cluster, Profile, predict_step, varied_clusters
 from ddtrain.scaling.profile import profile_worker
 
@@ -72,6 +72,9 @@ class Profiles:
 
     A mode's own one-worker run, when measured, replaces the profile's times at that batch;
     ``transfer`` carries compute to another device at the fraction of peak measured here.
+    ``given`` (a one-worker rate on the cluster's device) replaces ``transfer``: compute is
+    scaled so that one worker's step takes what the given rate says, and every other batch
+    keeps its time relative to that one as profiled here.
     """
 
     cfg: TrainConfig
@@ -81,8 +84,17 @@ class Profiles:
     transfer: float = 1.0
     overlap: bool = True  # False: communication cannot hide behind compute (no spare core)
     by_batch: dict[int, Profile] = field(default_factory=dict)
+    given: GivenRate | None = None
 
     def profile(self, batch: int, mode: str) -> Profile:
+        p = self._here(batch, mode)
+        if self.given is not None and self.given.given:
+            one = self._here(per_worker_batch(self.fixed_batches, mode, 1), mode)
+            return given_compute(p, one, self.given)
+        return p.scaled_compute(self.transfer) if self.transfer != 1.0 else p
+
+    def _here(self, batch: int, mode: str) -> Profile:
+        """The profile as measured on this machine (its one-worker run's times where measured)."""
         if batch not in self.by_batch:
             log.info("profiling one worker at batch %d ...", batch)
             self.by_batch[batch] = profile_worker(self.cfg, batch, self.device)
@@ -90,9 +102,24 @@ class Profiles:
         one = self.measured.get((mode, 1))
         if one is not None and batch == self.fixed_batches[mode]:
             p = from_measured_run(p, one)
-        if not self.overlap:
-            p = replace(p, overlap=False)
-        return p.scaled_compute(self.transfer) if self.transfer != 1.0 else p
+        return p if self.overlap else replace(p, overlap=False)
+
+
+def given_compute(p: Profile, one: Profile, given: GivenRate) -> Profile:
+    """``p`` with compute scaled so that ``one`` (the one-worker profile) takes the given step
+    time; the forward:backward split set to the given ratio when there is one."""
+    step = given.step_time(one.batch)
+    compute_here = one.forward_s + one.backward_s + one.optimizer_s
+    if step <= one.data_s or compute_here <= 0:
+        raise StudyError(f"scale.given gives one worker a step of {step * 1e3:.3g} ms at batch {one.batch}, "
+                         f"no longer than the data wait measured here ({one.data_s * 1e3:.3g} ms); check "
+                         "the figure and its batch (the study's one-worker batch)")
+    q = p.scaled_compute((step - one.data_s) / compute_here)
+    if given.fwd_bwd_ratio:
+        both = q.forward_s + q.backward_s
+        fwd = both * given.fwd_bwd_ratio / (1 + given.fwd_bwd_ratio)
+        q = replace(q, forward_s=fwd, backward_s=both - fwd)
+    return q
 
 
 def from_measured_run(p: Profile, run: dict) -> Profile:

@@ -171,7 +171,7 @@ def model_inputs(study: Study, measured: dict[tuple[str, int], dict], fit: dict 
     no_spare_core = (not machine.cuda and not study.cluster.device
                      and machine.threads * max(study.scale.world_sizes) >= machine.cpus)
     profiles = Profiles(study.cfg, machine.device, study.batches, measured, transfer=transfer,
-                        overlap=not no_spare_core)
+                        overlap=not no_spare_core, given=study.scale.given)
     return ModelInputs(cluster, peak, transfer, fit, profiles)
 
 
@@ -221,7 +221,13 @@ def devices_used(rows: list[dict], meta: dict) -> list[str]:
                      f"{peak_here['flops'] / 1e12:.3g} TFLOP/s ({peak_here['source']}); timed runs")
     if any(r["kind"] == "predicted" for r in rows):
         cluster, peak = meta["cluster"], meta["peak_predicted_for"]
-        if cluster["device"]:
+        given = meta["scale"]["given"]
+        if given["step_time_s"] or given["samples_per_s"]:
+            rate = (f"{given['step_time_s'] * 1e3:.4g} ms per step" if given["step_time_s"]
+                    else f"{given['samples_per_s']:.4g} samples/s")
+            model = (f"the given one-worker rate, {rate} ({given['source'] or 'no source given'}), "
+                     "other batches scaled as profiled here")
+        elif cluster["device"]:
             model = (f"this machine's one-worker profile carried at its measured fraction of peak "
                      f"(compute times x {meta['compute_transfer_factor']:.3g})")
         else:

@@ -119,6 +119,21 @@ def test_predict_only_to_128_gpus_on_a_cluster_preset(tmp_path):
     assert "measured rows:" not in proc.stdout
 
 
+def test_predict_only_from_a_given_one_gpu_rate(tmp_path):
+    # A user with a published single-GPU figure predicts from it, not from this CPU's profile.
+    study = tmp_path / "study"
+    args = ["scale.predict_only=true", "scale.predict_to=16", "cluster=dgx_h100", "scale.world_sizes=[1]",
+            "model=convnet", "data=synthetic", "model.width=8", "data.image_size=16", "data.batch_size=64",
+            "scale.given.samples_per_s=5000", "scale.given.source=a test figure", f"hydra.run.dir={study}"]
+    proc = run_cli(args, script=SCALE, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(study)
+    one = next(r for r in rows if r["world_size"] == "1")
+    assert float(one["samples_per_s"]) == pytest.approx(5000, rel=1e-6)
+    _check_common(rows)
+    assert "device model: the given one-worker rate, 5000 samples/s (a test figure)" in proc.stdout
+
+
 def test_predict_only_strong_scaling_of_the_default_workload(tmp_path):
     # model=prnn on data=speech, the default: one global batch of 16 utterances split over
     # 1..16 workers, each per-worker batch profiled in this process (one thread, as a worker).

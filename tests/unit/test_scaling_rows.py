@@ -94,3 +94,27 @@ def test_predicted_rows_carry_the_node_baseline_and_the_sensitivity_of_their_eff
     slower, faster = big["efficiency_links_minus_20pct"], big["efficiency_links_plus_20pct"]
     assert slower < big["scaling_efficiency"] < faster
     assert by_n[1]["efficiency_cv_double"] == pytest.approx(1.0)
+
+
+def test_a_given_rate_sets_one_workers_step_and_the_rest_follow_the_profile():
+    from ddtrain.scaling.config import GivenRate
+
+    gpus = Cluster("gpus", "h100_sxm", 8, 50.0, 5.0, 5.0, 20.0, cv=0.0, cv_source="assumption: test")
+    given = GivenRate(samples_per_s=800.0, fwd_bwd_ratio=0.5, source="a paper, table 1")
+    by_batch = {8: _profile(8), 4: _profile(4), 2: _profile(2), 1: _profile(1)}
+    profiles = Profiles(TrainConfig(), torch.device("cpu"), {"weak": 8, "strong": 8}, {}, transfer=123.0,
+                        by_batch=by_batch, given=given)
+    one = profiles.profile(8, "weak")
+    assert predict_step(one, gpus, 1).step_s == pytest.approx(8 / 800.0)  # the given rate, not transfer
+    assert one.forward_s / one.backward_s == pytest.approx(0.5)
+    # Strong scaling: a worker with half the batch takes what the profile says half a batch takes.
+    half = profiles.profile(4, "strong")
+    here = _profile(4).compute_s / _profile(8).compute_s
+    assert (half.forward_s + half.backward_s + half.optimizer_s) / (
+        one.forward_s + one.backward_s + one.optimizer_s) == pytest.approx(here, rel=0.05)
+    scale = ScaleConfig(world_sizes=(1,), predict_to=8, predict_only=True)
+    rows = study_rows(scale, profiles, gpus, PEAK, PEAK)
+    assert rows[0]["samples_per_s"] == pytest.approx(800.0)
+    with pytest.raises(Exception, match="no longer than the data wait"):
+        Profiles(TrainConfig(), torch.device("cpu"), {"weak": 8}, {}, by_batch={8: _profile(8)},
+                 given=GivenRate(step_time_s=0.0001)).profile(8, "weak")
