@@ -69,6 +69,7 @@ class ScaleConfig:
     # A one-worker rate on the cluster's device to predict from, instead of this machine's
     # profile carried there at its fraction of peak.
     given: GivenRate = field(default_factory=GivenRate)
+    baseline: str = "1"  # efficiency shown first: against 1 worker, or against one full node (node)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -89,7 +90,10 @@ class ScaleConfig:
 
 
 def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
+    if isinstance(raw, Mapping) and isinstance(raw.get("baseline"), int):
+        raw = {**raw, "baseline": str(raw["baseline"])}  # scale.baseline=1 arrives as a number
     scale = build_section(ScaleConfig, raw, "scale")
+    check_choice("scale.baseline", scale.baseline, ("1", "node"))
     if not scale.world_sizes:
         raise ConfigError("scale.world_sizes is empty; write e.g. scale.world_sizes=[1,2,4]")
     for n in scale.world_sizes:

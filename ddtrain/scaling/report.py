@@ -28,6 +28,7 @@ COLUMNS: tuple[str, ...] = (
 # Row key -> (summary tag prefix, per-run hparams metric tag). Units ride in the tag name.
 SCALING_TAGS = {
     "scaling_efficiency": ("scaling/efficiency", "scaling/efficiency"),
+    "scaling_efficiency_vs_node": ("scaling/efficiency_vs_node", None),  # predicted, from one node up
     "fraction_of_peak": ("scaling/fraction_of_peak", "scaling/fraction_of_peak"),
     "samples_per_s": ("scaling/throughput(samples_per_s)", "scaling/samples_per_s"),
     "step_time_s": ("scaling/step_time(s)", "scaling/step_time(s)"),
@@ -163,6 +164,7 @@ def write_tensorboard(tb_dir: Path, rows: list[dict[str, Any]], meta: dict[str, 
 
     writer.add_custom_scalars({"scaling study": {
         "efficiency vs world size": chart("scaling_efficiency"),
+        "efficiency against one node vs world size": chart("scaling_efficiency_vs_node"),
         "fraction of peak vs world size": chart("fraction_of_peak"),
         "throughput (samples/s)": chart("samples_per_s"),
         "step time (s)": chart("step_time_s"),
@@ -172,12 +174,15 @@ def write_tensorboard(tb_dir: Path, rows: list[dict[str, Any]], meta: dict[str, 
     writer.close()
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]], baseline: str = "1") -> str:
+    """The printed table; ``baseline`` ("1" or "node") decides which efficiency comes first."""
     # (header, row key, format spec); text columns align left, numbers right, missing values print "-".
+    efficiencies = [("efficiency vs 1", "scaling_efficiency", ".3f"),
+                    ("efficiency vs node", "scaling_efficiency_vs_node", ".3f")]
     cols = (("mode", "mode", ""), ("kind", "kind", ""), ("N", "world_size", "d"),
             ("batch/worker", "batch_per_worker", "d"), ("step (ms)", "step_time_s", ".1f"),
             ("samples/s", "samples_per_s", ".1f"), ("speedup", "speedup", ".2f"),
-            ("efficiency", "scaling_efficiency", ".3f"), ("vs one node", "scaling_efficiency_vs_node", ".3f"),
+            *(efficiencies[::-1] if baseline == "node" else efficiencies),
             ("TFLOP/s per worker", "tflops_per_worker", ".3f"),
             ("fraction of peak", "fraction_of_peak", ".3f"))
     body = []

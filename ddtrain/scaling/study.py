@@ -243,7 +243,8 @@ def report(study: Study, rows: list[dict], meta: dict, per_step: dict, cluster_n
     title = (f"ddtrain scaling: {study.cfg.model.name}, {', '.join(study.scale.modes)} scaling, "
              f"cluster {cluster_name}")
     paths = write_report(study.study_dir, rows, meta, per_step, title=title)
-    print("\n".join([format_table(rows), *format_sensitivity(rows), *devices_used(rows, meta)]), flush=True)
+    print("\n".join([format_table(rows, study.scale.baseline), *format_sensitivity(rows),
+                     *devices_used(rows, meta)]), flush=True)
     jitter = meta["jitter"]
     log.info("step-time jitter used: cv %s (%s)", ", ".join(
         f"{v:.3f} at batch {b}" for b, v in jitter["cv_by_batch"].items()), jitter["source"])

@@ -39,3 +39,11 @@ def test_bad_given_rates_are_one_line(overrides, needle):
 def test_a_given_rate_needs_a_cluster_with_a_gpu():
     with pytest.raises(ConfigError, match="scale.given is one worker's rate on the cluster's GPU"):
         parse_study(compose_config(["cluster=local", "scale.given.step_time_s=0.1"], "scale"))
+
+
+def test_the_baseline_is_one_worker_or_one_node():
+    assert study([])[1].baseline == "1"
+    assert study(["scale.baseline=node"])[1].baseline == "node"
+    with pytest.raises(ConfigError, match="scale.baseline='rack' is not allowed; choose one of: 1, node"):
+        study(["scale.baseline=rack"])
+

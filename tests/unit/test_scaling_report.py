@@ -137,6 +137,10 @@ def test_format_table():
     assert len({len(line) for line in lines}) == 1  # fixed width
     assert lines[1].split()[:3] == ["weak", "measured", "1"]
     assert " - " in lines[1] + " "
+    # The chosen baseline's efficiency comes first; both are always there.
+    assert lines[0].index("efficiency vs 1") < lines[0].index("efficiency vs node")
+    by_node = format_table(rows, "node").splitlines()[0]
+    assert by_node.index("efficiency vs node") < by_node.index("efficiency vs 1")
 
 
 def test_tensorboard(tmp_path):
@@ -162,6 +166,9 @@ def test_tensorboard(tmp_path):
     charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
     assert category.title == "scaling study"
     assert charts["efficiency vs world size"] == ["scaling/efficiency/.*"]
+    assert charts["efficiency against one node vs world size"] == ["scaling/efficiency_vs_node/.*"]
+    node = summary.Scalars("scaling/efficiency_vs_node/weak_predicted")
+    assert [e.step for e in node] == [n for n in PREDICTED_SIZES if n >= 8]  # from one node up
     assert charts["fraction of peak vs world size"] == ["scaling/fraction_of_peak/.*"]
     # The units' parentheses are escaped, so the regex matches the literal tag.
     throughput = charts["throughput (samples/s)"][0]
