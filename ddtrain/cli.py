@@ -111,13 +111,18 @@ def _unknown_key(key: str, config_name: str, overrides: list[str]) -> str:
 
     from hydra import compose, initialize_config_module
 
-    section, _, leaf = key.partition(".")
     rest = [o for o in overrides if not o.lstrip("+~").startswith(key)]
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         cfg = compose(config_name, overrides=rest)
-    node = cfg.get(section) if leaf else cfg
-    if not leaf or not hasattr(node, "keys"):
+    # The deepest group on the key's path that exists (scale.given.step_tme_s: scale.given).
+    *parents, leaf = key.split(".")
+    node, depth = cfg, 0
+    while depth < len(parents) and hasattr(node, "keys") and parents[depth] in node:
+        node, depth = node.get(parents[depth]), depth + 1
+    section = ".".join(parents[:depth])
+    if not section or not hasattr(node, "keys"):
         return f"unknown key {key}; top-level keys are: {', '.join(cfg.keys())}"
+    leaf = ".".join(key.split(".")[depth:])
     keys = list(node.keys())
     close = difflib.get_close_matches(leaf, keys, n=1)
     hint = f" (did you mean {section}.{close[0]}?)" if close else ""

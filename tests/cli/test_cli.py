@@ -115,3 +115,15 @@ def test_an_unknown_group_option_is_named_as_it_was_typed(missing, expected):
         missing_cfg_file = missing
 
     assert _not_allowed_option(Missing()) == f"{expected} is not allowed; choose one of: a, b"
+
+
+def test_a_misspelled_nested_key_is_named_with_the_keys_of_its_own_group():
+    # In-process: the deepest existing group on the key's path is the one whose keys are listed.
+    from ddtrain.cli import _unknown_key
+
+    overrides = ["scale.predict_only=true", "cluster=dgx_h100", "scale.given.step_tme_s=1"]
+    assert _unknown_key("scale.given.step_tme_s", "scale", overrides) == (
+        "scale.given.step_tme_s is not a key of scale.given (did you mean scale.given.step_time_s?); "
+        "its keys are: step_time_s, samples_per_s, fwd_bwd_ratio, source")
+    assert _unknown_key("data.batch_sizee", "train", ["data.batch_sizee=3"]).startswith(
+        "data.batch_sizee is not a key of data=synthetic (did you mean data.batch_size?)")
