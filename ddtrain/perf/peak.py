@@ -71,6 +71,24 @@ PEAK_TABLE: dict[str, _Entry] = {
     "titanx_maxwell": _Entry({"fp32": 6.14}, "GTX TITAN X: 3072 cores x 2 x 1.0 GHz base clock"),
 }
 
+# Memory bandwidth, GB/s, from the same datasheets: the roofline's other roof (ddtrain/perf/
+# roofline.py). A key covering several memory configurations takes the one named here.
+MEMORY_GBPS: dict[str, float] = {
+    "h100_sxm": 3350.0,  # H100 SXM5 80 GB HBM3: 3.35 TB/s
+    "h200": 4800.0,  # H200 141 GB HBM3e: 4.8 TB/s
+    "h100_pcie": 2000.0,  # H100 PCIe 80 GB HBM2e: 2 TB/s
+    "h100_nvl": 3900.0,  # H100 NVL 94 GB HBM3: 3.9 TB/s
+    "a100": 2039.0,  # A100 80 GB SXM HBM2e: 2,039 GB/s (the 40 GB PCIe card: 1,555 GB/s)
+    "v100_sxm2": 900.0,  # V100 HBM2: 900 GB/s (SXM2 and PCIe alike)
+    "v100_pcie": 900.0,
+    "l40s": 864.0,  # L40S 48 GB GDDR6: 864 GB/s
+    "a10": 600.0,  # A10 24 GB GDDR6: 600 GB/s
+    "l4": 300.0,  # L4 24 GB GDDR6: 300 GB/s
+    "p100_sxm2": 732.0,  # P100 16 GB HBM2: 732 GB/s (the 12 GB PCIe card: 549 GB/s)
+    "p100_pcie": 732.0,
+    "titanx_maxwell": 336.5,  # GM200: 384-bit GDDR5 at 7 Gb/s per pin = 336.5 GB/s
+}
+
 # torch.cuda.get_device_name() -> table key. Order matters: the first match wins, so variants
 # (NVL, PCIe) come before the plain name, and "A10" must not match "A100" or "A10G".
 _NAME_PATTERNS: list[tuple[str, str]] = [
@@ -122,6 +140,14 @@ def table_peak(name: str, dtype: str) -> Peak:
             "pick another precision or let ddtrain measure it: peak=auto"
         )
     return Peak(entry.tflops[dtype] * 1e12, key, dtype, measured=False, source=entry.source)
+
+
+def table_memory_bandwidth(name: str) -> float:
+    """Bytes/s of device memory for ``name`` (a table key or a CUDA device name), datasheet."""
+    key = match_device(name)
+    if key is None:
+        raise PeakError(f"no datasheet memory bandwidth for device {name!r}; known: {', '.join(MEMORY_GBPS)}")
+    return MEMORY_GBPS[key] * 1e9
 
 
 _TORCH_DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -60,3 +60,18 @@ def test_the_roofline_takes_the_higher_roof_then_efficiency_then_the_per_op_cost
     assert dev.op_time(_rec(0, 10**8, "view")) == 0.0
     times = phase_times([compute_bound, _rec(0, 10**8, "reduction", "backward")], dev)
     assert times == pytest.approx({"forward": 2e-3 + 1e-6, "backward": 1e-3 + 1e-6, "optimizer": 0.0})
+
+
+def test_every_datasheet_device_has_its_memory_roof_and_a_ridge_where_matmuls_turn_compute_bound():
+    from ddtrain.perf.peak import MEMORY_GBPS, PEAK_TABLE, table_memory_bandwidth, table_peak
+
+    assert set(MEMORY_GBPS) == set(PEAK_TABLE)
+    assert table_memory_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
+    with pytest.raises(ValueError, match="no datasheet memory bandwidth for device 'tpu'"):
+        table_memory_bandwidth("tpu")
+    h100 = Roofline("h100_sxm", table_peak("h100_sxm", "bf16").flops, table_memory_bandwidth("h100_sxm"))
+    # Ridge point: 989.4 TFLOP/s over 3.35 TB/s, about 295 FLOP per byte.
+    assert h100.matmul_flops / h100.memory_Bps == pytest.approx(295.3, rel=1e-3)
+    n = 4096  # a bf16 matmul of 4096^3: 2n^3 FLOPs over 3 n^2 x 2 bytes, far right of the ridge
+    assert h100.bound(_rec(2 * n**3, 3 * n * n * 2)) == "compute"
+    assert h100.bound(_rec(0, 3 * n * n * 2, "elementwise")) == "memory"
