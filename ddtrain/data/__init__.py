@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ddtrain.data.sharding import ShardedBatches, sample_indices
+from ddtrain.data.sharding import sample_indices
 from ddtrain.data.spec import DataSpec
 
-__all__ = ["DataSpec", "ShardedBatches", "build_dataset", "sample_indices", "spec_of"]
+__all__ = ["DataSpec", "build_dataset", "sample_indices", "spec_of"]
 
 # A user's data set says nothing of its shapes; the trainer needs only to know it is the user's.
 _ANY_SPEC = DataSpec(kind="any")

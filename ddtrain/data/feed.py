@@ -15,17 +15,12 @@ from ddtrain.data.loader import ShardLoader, reads_whole_batches
 _MAX_AUTO_WORKERS = 4
 
 
-def in_memory(dataset: Any) -> bool:
-    """A set whose whole batch is one indexing operation gains nothing from worker processes."""
-    return reads_whole_batches(dataset)
-
-
 def loader_workers(cfg: DataConfig, dataset: Any, cpus: int, local_world_size: int) -> int:
     """``data.workers``, or its default: 0 for data in memory, else a share of this node's
     cores per rank (one core left to the rank itself), at most four."""
     if cfg.workers is not None:
         return cfg.workers
-    if in_memory(dataset):
+    if reads_whole_batches(dataset):  # a batch is one indexing operation: workers gain nothing
         return 0
     return max(1, min(_MAX_AUTO_WORKERS, cpus // max(1, local_world_size) - 1))
 
@@ -46,7 +41,7 @@ def val_batches(dataset: Any, batch_size: int, *, rank: int, world_size: int, wo
     from torch.utils.data import DataLoader, Subset
 
     mine = list(range(rank, len(dataset), world_size))
-    if in_memory(dataset):
+    if reads_whole_batches(dataset):
         for start in range(0, len(mine), batch_size):
             yield dataset.batch(torch.tensor(mine[start:start + batch_size]))
         return

@@ -8,8 +8,9 @@ world size. And a sample's random augmentation is fixed by (seed, stream positio
 world size change nothing.
 
 A step is a function of its number alone; the loader's only state is ``step``, the next one to
-hand out. A data set with a ``batch(indices)`` method (ddtrain's in-memory ``Dataset``) is read a
-whole batch at a time; any other is read one ``dataset[i]`` at a time and collated.
+hand out. A data set that says it ``reads_whole_batches`` (ddtrain's in-memory sets) is read a
+whole batch at a time through its ``batch(indices)``; any other is read one ``dataset[i]`` at a
+time and collated.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ class ShardLoader:
         if self.workers == 0:
             steps = itertools.count(first) if last is None else range(first, last)
             for step in steps:
-                batch = self._fetch.__getitems__((self.position(step), self.indices(step)))
+                batch = self.batch_at(step)
                 self.step = step + 1
                 yield _pinned(batch) if self.pin_memory else batch
             return

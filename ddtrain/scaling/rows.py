@@ -139,10 +139,11 @@ def predicted_points(scale: ScaleConfig, mode: str, profiles: Profiles, cluster:
     one_worker_batch = per_worker_batch(profiles.fixed_batches, mode, 1)
     base = profiles.profile(one_worker_batch, mode)
     one_worker_step = predict_step(base, cluster, 1).step_s
-    # A node of this machine is the whole of it, with no wider network to compare against.
+    # A node of this machine is the whole of it, with no wider network to compare against; and
+    # below one full node no row has a node baseline, so none is profiled for it.
     node = cluster.gpus_per_node if cluster.device else None
     node_rate = None
-    if node is not None and (mode == "weak" or global_batch % node == 0):
+    if node is not None and node <= max(sizes) and (mode == "weak" or global_batch % node == 0):
         node_batch = per_worker_batch(profiles.fixed_batches, mode, node)
         node_step = predict_step(profiles.profile(node_batch, mode), cluster, node).step_s
         node_rate = node * node_batch / node_step

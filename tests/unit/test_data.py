@@ -8,19 +8,24 @@ import math
 import pytest
 import torch
 
-from ddtrain.data import DataSpec, ShardedBatches, build_dataset, sample_indices, speech
+from ddtrain.data import DataSpec, build_dataset, sample_indices, speech
 from ddtrain.data.chars import CharsData
 from ddtrain.data.digits import DigitsData
+from ddtrain.data.loader import ShardLoader
 from ddtrain.data.sharding import _epoch_permutation
 from ddtrain.data.speech import SpeechData
 from ddtrain.data.synthetic import SyntheticData
 from tests.assertions import one_line_error
 
+
+def stream(data, batch_size: int, rank: int, world_size: int, seed: int) -> ShardLoader:
+    """This rank's share of the endless stream of global micro-batches, as the trainer reads it."""
+    return ShardLoader(data, batch_size, rank=rank, world_size=world_size, seed=seed, drop_last=False)
+
+
 # Small enough to build in milliseconds; 50 samples with global batches of 12 put a batch
 # across the first epoch boundary (positions 48..59).
 SMALL_IMAGES = SyntheticData(samples=50, image_size=4, channels=1, batch_size=4)
-
-
 
 
 # --------------------------------------------------------------------------- sharding
@@ -58,14 +63,14 @@ def test_result_does_not_alias_the_cache():
 def test_ranks_together_read_the_one_rank_batch(world_size):
     data = build_dataset(SMALL_IMAGES, "image", seed=0)
     b = 4
-    ranks = [ShardedBatches(data, b, rank, world_size, seed=11) for rank in range(world_size)]
-    single = ShardedBatches(data, world_size * b, 0, 1, seed=11)
+    ranks = [stream(data, b, rank, world_size, seed=11) for rank in range(world_size)]
+    single = stream(data, world_size * b, 0, 1, seed=11)
     crossed_epoch = False
     for step in range(15):  # 15 global batches of 4, 8 or 12: each size crosses an epoch end
         indices = torch.cat([r.indices(step) for r in ranks])
         assert torch.equal(indices, single.indices(step))
-        xs, ys = zip(*(r.get(step) for r in ranks), strict=True)
-        x, y = single.get(step)
+        xs, ys = zip(*(r.batch_at(step) for r in ranks), strict=True)
+        x, y = single.batch_at(step)
         assert torch.equal(torch.cat(xs), x) and torch.equal(torch.cat(ys), y)
         first, last = single.position(step), single.position(step) + single.batch_size - 1
         crossed_epoch |= first // len(data) != last // len(data)
@@ -74,27 +79,27 @@ def test_ranks_together_read_the_one_rank_batch(world_size):
 
 def test_batches_cross_an_epoch_boundary_exactly():
     data = build_dataset(SMALL_IMAGES, "image", seed=0)
-    single = ShardedBatches(data, 12, 0, 1, seed=4)
+    single = stream(data, 12, 0, 1, seed=4)
     # Global batch 4 covers positions 48..59: the last 2 of epoch 0, then the first 10 of epoch 1.
     expected = torch.cat([_epoch_permutation(50, 4, 0)[48:], _epoch_permutation(50, 4, 1)[:10]])
     assert torch.equal(single.indices(4), expected)
 
 
-def test_get_depends_only_on_the_micro_step():
+def test_a_batch_depends_only_on_the_micro_step():
     data = build_dataset(SMALL_IMAGES, "image", seed=0)
-    a = ShardedBatches(data, 4, 1, 2, seed=0)
-    b = ShardedBatches(data, 4, 1, 2, seed=0)
+    a = stream(data, 4, 1, 2, seed=0)
+    b = stream(data, 4, 1, 2, seed=0)
     forward = [a.indices(k) for k in range(8)]
     backward = [b.indices(k) for k in reversed(range(8))][::-1]
     assert all(torch.equal(f, g) for f, g in zip(forward, backward, strict=True))
     assert a.position(3) == 3 * 8 + 4
 
 
-def test_sharded_batches_rejects_bad_arguments():
+def test_the_stream_rejects_bad_arguments():
     data = build_dataset(SMALL_IMAGES, "image", seed=0)
-    assert "global batch" in one_line_error(lambda: ShardedBatches(data, 20, 0, 3, seed=0))
-    one_line_error(lambda: ShardedBatches(data, 4, 2, 2, seed=0))
-    one_line_error(lambda: ShardedBatches(data, 0, 0, 1, seed=0))
+    assert "global batch" in one_line_error(lambda: stream(data, 20, 0, 3, seed=0))
+    one_line_error(lambda: stream(data, 4, 2, 2, seed=0))
+    one_line_error(lambda: stream(data, 0, 0, 1, seed=0))
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -177,7 +182,7 @@ def test_speech_shapes_labels_and_determinism():
     assert torch.equal(data.x, again.x) and torch.equal(data.y, again.y)
     other = build_dataset(SPEECH, "frames", seed=1)
     assert not torch.equal(data.x, other.x) and not torch.equal(data.y, other.y)
-    x, y = ShardedBatches(data, 4, 1, 2, seed=0).get(3)
+    x, y = stream(data, 4, 1, 2, seed=0).batch_at(3)
     assert x.shape == (4, 32, 32) and y.shape == (4, 32)
 
 
