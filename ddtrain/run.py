@@ -4,8 +4,8 @@ How it ends: 0 after the last step, or after a stop signal once the checkpoint i
 2 for bad input (a config, a data file, a checkpoint that cannot be resumed, and a sample that
 cannot be read mid-run, on every rank); 1 when this rank fails, or all ranks detect the same
 failure (replica mismatch, divergence, a NaN stop); 3 when another rank died or failed (the
-fault monitor names it). A failing rank tells the others at
-once, so nobody waits for a collective timeout.
+fault monitor names it). A failing rank tells the others at once, so nobody waits for a
+collective timeout.
 """
 
 from __future__ import annotations
