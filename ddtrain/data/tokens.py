@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from ddtrain.config import ConfigError, DataConfig, check_choice, check_positive
 from ddtrain.data.spec import DataSpec
+from ddtrain.errors import BadSample
 from ddtrain.registry import DataEntry
 
 # Explicitly little-endian: the files are written on x86/ARM hosts and must read alike everywhere.
@@ -161,7 +162,8 @@ class TokenWindows(Dataset):
         top = int(window.max())
         if top >= self.vocab_size:
             where = start + int(window.argmax())
-            raise ValueError(
+            # Met mid-run, in whichever rank reads it: BadSample ends the job with this line, exit 2.
+            raise BadSample(
                 f"{self.key}={self.path}: token {where} has id {top}, outside the vocabulary of "
                 f"{self.vocab_size} from {self._vocab_from}; set data.vocab_size to at least {top + 1} "
                 "or check data.dtype"

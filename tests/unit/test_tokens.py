@@ -11,6 +11,7 @@ import torch
 
 from ddtrain.data import tokens
 from ddtrain.data.tokens import TokenWindows
+from ddtrain.errors import BadSample
 from tests.assertions import one_line_error
 
 
@@ -94,7 +95,7 @@ def test_an_id_outside_an_explicit_vocab_is_refused_when_read(tmp_path):
     path = write_ids(tmp_path / "t.bin", [1, 2, 3, 4, 5, 99, 7, 8, 9])
     data = TokenWindows(path, seq_len=4, vocab_size=50)
     assert data[0][0].tolist() == [1, 2, 3, 4]  # window 0 (tokens 0..4) holds no bad id
-    message = one_line_error(lambda: data[1])
+    message = one_line_error(lambda: data[1], BadSample)  # mid-run bad input: exit 2 on every rank
     assert f"data.path={path}" in message and "token 5 has id 99" in message
     assert "data.vocab_size=50" in message and "set data.vocab_size to at least 100" in message
 
