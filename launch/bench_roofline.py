@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     predicted, bound_only, compute_share = {}, {}, {}
     for name, (cfg, model, optimizer, loss_fn, x, y) in loads.items():
         twin = copy.deepcopy(model)
-        records = record_step(twin, x, y, loss_fn, build_optimizer(cfg.optim, twin, 1000)[0])
+        records = record_step(twin, x, y, loss_fn, build_optimizer(cfg.optim, twin, 1000)[0]).records
         predicted[name] = sum(phase_times(records, device).values())
         bare = Roofline(device.name, device.matmul_flops, device.memory_Bps)
         bound_only[name] = sum(phase_times(records, bare).values())

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddtrain.kernels.rnn_plan import MATMULS, PATHS, Device, Plan, plan_recurrence
-from ddtrain.kernels.rnn_reference import ACTIVATIONS, GATES, layer_reference
+from ddtrain.kernels.rnn_reference import ACTIVATIONS, GATES, recurrence_reference
+from ddtrain.perf import opcount
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,10 @@ class _PersistentBase(nn.Module):
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
 
     def plan_for(self, batch: int, dtype: torch.dtype, device: torch.device) -> Plan:
+        if device.type == "meta":
+            # Shapes only, for a device model's op counts: the time loop, whatever path the module
+            # asks for; the device model plans the path for its target device itself.
+            return Plan("reference", reason="meta device: the time loop is recorded, one region per layer")
         dev = device_info(device, self.path)
         gates = GATES[self.cell]
         if dev is not None and dtype not in KERNEL_DTYPES and self.path == "auto":
@@ -179,7 +184,14 @@ class _PersistentBase(nn.Module):
                 w_ih, w_hh, b_ih, b_hh = (p if p is None else p.to(dtype) for p in self._layer_params(layer))
                 h0 = hx[layer].to(dtype)
                 if plan.path == "reference":
-                    x, h_last = layer_reference(self.cell, x, h0, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
+                    xw = F.linear(x, w_ih, b_ih)
+                    # One region: what a GPU runs as one persistent kernel (a device model costs it so).
+                    x, h_last = opcount.region(
+                        "recurrence",
+                        lambda xw=xw, h0=h0, w_hh=w_hh, b_hh=b_hh: recurrence_reference(
+                            self.cell, xw, h0, w_hh, b_hh, self.nonlinearity),
+                        xw, steps=T, hidden=self.hidden_size, batch=B, gates=GATES[self.cell],
+                        element_size=dtype.itemsize, path=self.path, mm=self.mm)
                 else:
                     xw = F.linear(x, w_ih, b_ih)  # every step's input projection: one GEMM
                     key = (plan, B, T, dtype)

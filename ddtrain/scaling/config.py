@@ -25,6 +25,7 @@ from ddtrain.launcher.policy import LAUNCHERS
 from ddtrain.scaling.model import Cluster
 
 MODES = ("weak", "strong", "both")
+DEVICE_MODELS = ("auto", "measured", "roofline")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class ScaleConfig:
     # profile carried there at its fraction of peak.
     given: GivenRate = field(default_factory=GivenRate)
     baseline: str = "1"  # efficiency shown first: against 1 worker, or against one full node (node)
+    # Where the cluster device's one-worker times come from: auto | measured | roofline
+    # (ddtrain/scaling/device_model.py); auto measures when the cluster's GPU is this machine's.
+    device_model: str = "auto"
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -94,6 +98,7 @@ def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
         raw = {**raw, "baseline": str(raw["baseline"])}  # scale.baseline=1 arrives as a number
     scale = build_section(ScaleConfig, raw, "scale")
     check_choice("scale.baseline", scale.baseline, ("1", "node"))
+    check_choice("scale.device_model", scale.device_model, DEVICE_MODELS)
     if not scale.world_sizes:
         raise ConfigError("scale.world_sizes is empty; write e.g. scale.world_sizes=[1,2,4]")
     for n in scale.world_sizes:
@@ -257,6 +262,10 @@ def parse_study(raw: Mapping[str, Any], cwd: Path | None = None) -> tuple[TrainC
     if scale.given.given and not cluster.device:
         raise ConfigError("scale.given is one worker's rate on the cluster's GPU, and this cluster is the "
                           "machine the study runs on; pick a preset (e.g. cluster=dgx_h100) or measure here")
+    if scale.device_model == "roofline" and not cluster.device:
+        raise ConfigError("scale.device_model=roofline needs a datasheet GPU to put on the roofline, and "
+                          "cluster local is the machine the study runs on (measured here); pick a preset "
+                          "(e.g. cluster=dgx_h100) or leave scale.device_model=auto")
     check_peak_names_this_device(scale.peak, cfg.trainer.device)
     return cfg, scale, cluster
 

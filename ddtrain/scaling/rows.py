@@ -13,6 +13,7 @@ from ddtrain.config import TrainConfig
 from ddtrain.perf.mfu import fraction_of_peak
 from ddtrain.perf.peak import Peak
 from ddtrain.scaling.config import GivenRate, ScaleConfig
+from ddtrain.scaling.device_model import RooflineProfile, roofline_profile
 from ddtrain.scaling.measure import StudyError, per_worker_batch
 from ddtrain.scaling.model import SENSITIVITY, Cluster, Profile, predict_step, varied_clusters
 from ddtrain.scaling.profile import profile_worker
@@ -72,9 +73,11 @@ class Profiles:
 
     A mode's own one-worker run, when measured, replaces the profile's times at that batch;
     ``transfer`` carries compute to another device at the fraction of peak measured here.
-    ``given`` (a one-worker rate on the cluster's device) replaces ``transfer``: compute is
-    scaled so that one worker's step takes what the given rate says, and every other batch
-    keeps its time relative to that one as profiled here.
+    ``roofline_device`` (a peak-table GPU) replaces both: every batch's profile is one step
+    recorded on the meta device and timed on that GPU's roofline, nothing measured here.
+    ``given`` (a one-worker rate on the cluster's device) applies last: compute is scaled so
+    that one worker's step takes what the given rate says, and every other batch keeps its
+    time relative to that one.
     """
 
     cfg: TrainConfig
@@ -85,16 +88,28 @@ class Profiles:
     overlap: bool = True  # False: communication cannot hide behind compute (no spare core)
     by_batch: dict[int, Profile] = field(default_factory=dict)
     given: GivenRate | None = None
+    roofline_device: str = ""
+    roofline_runs: dict[int, RooflineProfile] = field(default_factory=dict)
 
     def profile(self, batch: int, mode: str) -> Profile:
         p = self._here(batch, mode)
         if self.given is not None and self.given.given:
             one = self._here(per_worker_batch(self.fixed_batches, mode, 1), mode)
             return given_compute(p, one, self.given)
+        if self.roofline_device:
+            return p
         return p.scaled_compute(self.transfer) if self.transfer != 1.0 else p
 
     def _here(self, batch: int, mode: str) -> Profile:
-        """The profile as measured on this machine (its one-worker run's times where measured)."""
+        """The profile as measured on this machine (its one-worker run's times where measured),
+        or from the roofline device's model."""
+        if self.roofline_device:
+            if batch not in self.by_batch:
+                log.info("recording one step at batch %d on the meta device for the %s roofline ...",
+                         batch, self.roofline_device)
+                self.roofline_runs[batch] = roofline_profile(self.cfg, batch, self.roofline_device)
+                self.by_batch[batch] = self.roofline_runs[batch].profile
+            return self.by_batch[batch]
         if batch not in self.by_batch:
             log.info("profiling one worker at batch %d ...", batch)
             self.by_batch[batch] = profile_worker(self.cfg, batch, self.device)

@@ -21,7 +21,7 @@ import torch
 
 from ddtrain.config import TrainConfig
 from ddtrain.launcher.cores import usable_cpus
-from ddtrain.perf.peak import Peak, datasheet_peak_for, resolve_peak
+from ddtrain.perf.peak import Peak, datasheet_peak_for, match_device, resolve_peak
 from ddtrain.scaling.config import ScaleConfig
 from ddtrain.scaling.measure import (
     Launcher,
@@ -97,6 +97,8 @@ class ModelInputs:
     transfer: float
     fit: dict | None
     profiles: Profiles
+    device_model: str  # measured | roofline
+    device_model_why: str
 
 
 def measure(study: Study) -> dict[tuple[str, int], dict]:
@@ -150,14 +152,35 @@ def model_cluster(study: Study, fit: dict | None) -> Cluster:
     return replace(local, node_slowdown=slowdown)
 
 
-def predicted_peak(study: Study) -> tuple[Peak, float]:
+def choose_device_model(choice: str, cluster_device: str, local_gpu: str) -> tuple[str, str]:
+    """(measured | roofline, why): how the cluster's device gets its one-worker times.
+    ``choice``: scale.device_model; ``local_gpu``: this machine's GPU name ("" for none)."""
+    if not cluster_device:
+        return "measured", "the cluster is this machine"
+    if choice != "auto":
+        return choice, f"scale.device_model={choice}"
+    here = match_device(local_gpu) if local_gpu else None
+    if here is not None and here == match_device(cluster_device):
+        return "measured", f"this machine's GPU is the cluster's ({here}): measured here"
+    what = f"a {local_gpu}" if local_gpu else "a CPU"
+    return "roofline", f"this machine ({what}) is not the cluster's {cluster_device}"
+
+
+def device_model_for(study: Study) -> tuple[str, str]:
+    machine = study.machine
+    local_gpu = torch.cuda.get_device_name(machine.device) if machine.cuda else ""
+    return choose_device_model(study.scale.device_model, study.cluster.device, local_gpu)
+
+
+def predicted_peak(study: Study, device_model: str) -> tuple[Peak, float]:
     """(the peak of the device predicted for, the factor that carries compute times there).
-    Compute is carried to another device at the same fraction of peak as measured here."""
+    A measured profile is carried to another device at the same fraction of peak as measured
+    here; the roofline's times are the device's own (factor 1)."""
     measured_peak = study.machine.peak
     if not study.cluster.device:
         return measured_peak, 1.0
     target = datasheet_peak_for(study.cluster.device, study.cfg.trainer.precision)
-    return target, measured_peak.flops / target.flops
+    return target, (1.0 if device_model == "roofline" else measured_peak.flops / target.flops)
 
 
 def model_inputs(study: Study, measured: dict[tuple[str, int], dict], fit: dict | None) -> ModelInputs:
@@ -166,13 +189,16 @@ def model_inputs(study: Study, measured: dict[tuple[str, int], dict], fit: dict 
     instead of beside it, so nothing hides (a GPU's collectives run on their own engines and
     SMs, and overlap as modelled)."""
     cluster = model_cluster(study, fit)
-    peak, transfer = predicted_peak(study)
+    device_model, why = device_model_for(study)
+    peak, transfer = predicted_peak(study, device_model)
     machine = study.machine
     no_spare_core = (not machine.cuda and not study.cluster.device
                      and machine.threads * max(study.scale.world_sizes) >= machine.cpus)
     profiles = Profiles(study.cfg, machine.device, study.batches, measured, transfer=transfer,
-                        overlap=not no_spare_core, given=study.scale.given)
-    return ModelInputs(cluster, peak, transfer, fit, profiles)
+                        overlap=not no_spare_core, given=study.scale.given,
+                        roofline_device=cluster.device if device_model == "roofline" else "")
+    log.info("device model for %s: %s (%s)", cluster.device or "this machine", device_model, why)
+    return ModelInputs(cluster, peak, transfer, fit, profiles, device_model, why)
 
 
 def per_step_by_run(scale: ScaleConfig, measured: dict[tuple[str, int], dict]) -> dict[str, dict]:
@@ -197,7 +223,22 @@ def study_meta(study: Study, model: ModelInputs, errors: dict[str, float]) -> di
         "profiles": {str(b): asdict(p) for b, p in model.profiles.by_batch.items()},
         "predicted_over_measured_step_time_minus_1": errors,
         "jitter": jitter_used(model),
+        "device_model": device_model_used(model),
     }
+
+
+def device_model_used(model: ModelInputs) -> dict:
+    """Which device model made the predicted rows' compute times, why, and (roofline) from what."""
+    out = {"name": model.device_model, "why": model.device_model_why}
+    runs = model.profiles.roofline_runs
+    if runs:
+        any_run = next(iter(runs.values()))
+        out |= {"device": any_run.device.name, "source": any_run.device.source,
+                "efficiency": any_run.device.efficiency, "per_op_s": any_run.device.per_op_s,
+                "flops_source": any_run.flops_source,
+                "persistent_recurrences_by_batch": {str(b): f"{r.fused_regions} of {r.regions}"
+                                                    for b, r in runs.items()}}
+    return out
 
 
 def jitter_used(model: ModelInputs) -> dict:
@@ -225,11 +266,18 @@ def devices_used(rows: list[dict], meta: dict) -> list[str]:
         if given["step_time_s"] or given["samples_per_s"]:
             rate = (f"{given['step_time_s'] * 1e3:.4g} ms per step" if given["step_time_s"]
                     else f"{given['samples_per_s']:.4g} samples/s")
+            shape = ("the roofline" if meta["device_model"]["name"] == "roofline"
+                     else "this machine's profile")
             model = (f"the given one-worker rate, {rate} ({given['source'] or 'no source given'}), "
-                     "other batches scaled as profiled here")
+                     f"other batches and the forward:backward split as {shape} gives them")
+        elif meta["device_model"]["name"] == "roofline":
+            used = meta["device_model"]
+            model = (f"roofline: one step's op counts on {used['device']}'s datasheet roofs at its "
+                     f"generation's efficiencies ({used['why']})")
         elif cluster["device"]:
             model = (f"this machine's one-worker profile carried at its measured fraction of peak "
-                     f"(compute times x {meta['compute_transfer_factor']:.3g})")
+                     f"(compute times x {meta['compute_transfer_factor']:.3g}; "
+                     f"{meta['device_model']['why']})")
         else:
             model = "this machine's one-worker profile, as measured"
         lines.append(f"predicted rows: cluster {cluster['name']} ({cluster['device'] or 'this machine'}); "

@@ -115,8 +115,30 @@ def test_predict_only_to_128_gpus_on_a_cluster_preset(tmp_path):
     # Which device each kind of row speaks of, at which peak, through which device model.
     predicted = next(ln for ln in proc.stdout.splitlines() if ln.startswith("predicted rows: "))
     assert predicted.startswith("predicted rows: cluster dgx_h100 (h100_sxm); peak h100_sxm ")
-    assert "device model: this machine's one-worker profile carried at its measured fraction" in predicted
+    assert "device model: roofline: one step's op counts on h100_sxm tf32's datasheet roofs" in predicted
+    assert "(this machine (a CPU) is not the cluster's h100_sxm)" in predicted
     assert "measured rows:" not in proc.stdout
+    used = json.loads((study / "scaling.json").read_text())["meta"]["device_model"]
+    assert used["name"] == "roofline" and "hopper efficiencies" in used["source"]
+    assert "recording one step at batch 256 on the meta device for the h100_sxm roofline" in proc.stderr
+
+
+def test_predict_only_is_the_same_every_time_and_measured_carries_this_cpu(tmp_path):
+    # The roofline times nothing here, so the same command gives the same prediction however
+    # loaded this machine is; scale.device_model=measured carries this CPU's timed profile instead.
+    base = ["scale.predict_only=true", "scale.predict_to=32", "cluster=dgx_h100", "scale.world_sizes=[1]"]
+    runs = []
+    for i in range(3):
+        proc = run_cli([*base, f"hydra.run.dir={tmp_path / str(i)}"], script=SCALE, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append([float(r["scaling_efficiency"]) for r in _rows(tmp_path / str(i))])
+    assert runs[0] == runs[1] == runs[2] and len(runs[0]) == 6
+    proc = run_cli([*base, "scale.device_model=measured", f"hydra.run.dir={tmp_path / 'm'}"], script=SCALE,
+                   timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predicted = next(ln for ln in proc.stdout.splitlines() if ln.startswith("predicted rows: "))
+    assert "device model: this machine's one-worker profile carried at its measured fraction" in predicted
+    assert "scale.device_model=measured" in predicted
 
 
 def test_predict_only_from_a_given_one_gpu_rate(tmp_path):
