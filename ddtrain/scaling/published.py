@@ -197,6 +197,15 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def inputs_table(cases: list[Case]) -> str:
+    """Each case's command, what comes from its source and what is assumed."""
+    lines = ["| case | source | from the source | assumptions | command |", "|---|---|---|---|---|"]
+    for c in cases:
+        command = " ".join(c.command()).replace("|", "\\|")
+        lines.append(f"| {c.name} | {c.source} | {c.from_source} | {c.assumptions} | `{command}` |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", choices=[c.name for c in CASES], default=[c.name for c in CASES])
@@ -210,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case.name}: {' '.join(case.command(root / case.name))}", file=sys.stderr, flush=True)
             outcomes.append(run_case(case, root / case.name))
     print(table(outcomes))
+    print()
+    print(inputs_table([c for c in CASES if c.name in args.cases]))
     if args.json:
         figures = [asdict(o) | {"within_goal": o.within_goal} for o in outcomes]
         args.json.write_text(json.dumps(figures, indent=1))

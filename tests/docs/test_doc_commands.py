@@ -289,7 +289,8 @@ SECTION_KEYS = {
     "scale": _names(ScaleConfig),
     "cluster": _names(Cluster),
 }
-_KEY = re.compile(r"(?<![\w./-])(model|data|loss|optim|comm|trainer|scale|cluster)\.(\w+)")
+# A key written +section.key is one the user adds (a keyword of their own model or data set).
+_KEY = re.compile(r"(?<![\w./+-])(model|data|loss|optim|comm|trainer|scale|cluster)\.(\w+)")
 _OPTION = re.compile(r"(?<![\w./-])\+?(model|data|optim|cluster|experiment)=([\w|\\]+)")
 
 

@@ -121,7 +121,8 @@ def test_efficiency_arithmetic_weak_and_strong():
 
 
 def test_cluster_presets_load_and_bad_values_are_named():
-    for name in ("local", "dgx_h100", "roce25_4gpu", "titanx_ib_2016"):
+    for name in ("local", "dgx_h100", "roce25_4gpu", "titanx_ib_2016", "big_basin_2017", "dgx1_v100",
+                 "dgx2h_v100"):
         c = preset(name)
         assert c.name == name
         if c.device:
@@ -141,7 +142,7 @@ def test_cluster_presets_load_and_bad_values_are_named():
         parse_cluster({**base, "cv": None})
     local = OmegaConf.to_container(OmegaConf.load(CLUSTERS / "local.yaml"))
     assert parse_cluster(local).cv is None
-    for name in ("dgx_h100", "roce25_4gpu", "titanx_ib_2016"):
+    for name in ("dgx_h100", "roce25_4gpu", "titanx_ib_2016", "big_basin_2017", "dgx1_v100", "dgx2h_v100"):
         assert preset(name).cv_source.startswith("assumption:"), name
 
 

@@ -89,7 +89,7 @@ def test_numbers_are_read_as_hydra_reads_a_preset(composed, tmp_path):
 
 
 def test_a_shipped_preset_used_as_a_file_gives_the_preset(composed):
-    for name in ("dgx_h100", "roce25_4gpu", "titanx_ib_2016"):
+    for name in ("dgx_h100", "roce25_4gpu", "titanx_ib_2016", "big_basin_2017", "dgx1_v100", "dgx2h_v100"):
         assert study(composed, REPO, f"configs/cluster/{name}.yaml")[2] == parse_cluster(preset(name))
 
 
@@ -188,7 +188,8 @@ def test_predicting_needs_a_device_in_the_file(composed, tmp_path):
     "overrides, problem",
     [
         (["cluster=/x/mine.yaml"], "cluster=/x/mine.yaml is a file path, but cluster= takes a preset name "
-         "(dgx_h100, local, roce25_4gpu, titanx_ib_2016); for your own cluster file use "
+         "(big_basin_2017, dgx1_v100, dgx2h_v100, dgx_h100, local, roce25_4gpu, titanx_ib_2016); for your "
+         "own cluster file use "
          "scale.cluster_file=/x/mine.yaml"),
         (["cluster=./mine.yaml"], "use scale.cluster_file=./mine.yaml"),
         (["cluster=mine.yml"], "use scale.cluster_file=mine.yml"),
