@@ -15,7 +15,6 @@ optimizer's time is an upper bound).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from ddtrain.perf.efficiency import device_roofline
 from ddtrain.perf.flops import MODEL_FORMULA
 from ddtrain.perf.opcount import OpRecord, Region, StepOps, record_step
 from ddtrain.perf.roofline import Roofline, op_times
+from ddtrain.scaling.measure import StudyError
 from ddtrain.scaling.model import Bucket, Profile
 from ddtrain.trainer import build_datasets, make_model
 
@@ -57,16 +57,24 @@ def record_on_meta(cfg: TrainConfig, batch: int) -> tuple[StepOps, torch.nn.Modu
     model = make_model(cfg, getattr(dataset, "spec", None))
     own = getattr(model, "flops_per_sample", None)
     flops = int(own()) if callable(own) else None
-    model = copy.deepcopy(model).to(META)
+    model = model.to(META)  # built for this alone: its weights are not needed
     loader = train_loader(dataclasses.replace(cfg.data, batch_size=batch), dataset, rank=0, world_size=1,
                           seed=cfg.seed, workers=0, pin_memory=False)
     x, y = to_device(loader.batch_at(0), META)
     optimizer, _ = build_optimizer(cfg.optim, model, 2, fused=False)
     loss_fn = build_loss(cfg.loss)
-    loss_fn(model(x), y).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return record_step(model, x, y, loss_fn, optimizer), model, flops
+    try:
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return record_step(model, x, y, loss_fn, optimizer), model, flops
+    except (RuntimeError, NotImplementedError) as e:
+        # A model that reads its values (x.item(), data-dependent branches) cannot run on shapes alone.
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StudyError(
+            f"the roofline device model cannot run {type(model).__name__} on the meta device (shapes "
+            f"only): {reason}; fix: scale.device_model=measured, or give the GPU's rate with "
+            "scale.given.samples_per_s") from None
 
 
 def at_precision(records: list[OpRecord], precision: str) -> list[OpRecord]:

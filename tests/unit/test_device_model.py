@@ -81,3 +81,27 @@ def test_a_roofline_needs_a_datasheet_gpu_and_the_choice_is_checked():
                      "inter_latency_us": 1.0}})
     with pytest.raises(ConfigError, match="scale.device_model='guess' is not allowed"):
         parse_study({"scale": {"device_model": "guess"}})
+
+
+def test_a_model_that_reads_its_values_is_refused_in_one_line(tmp_path, monkeypatch):
+    from ddtrain.scaling.measure import StudyError
+
+    pkg = tmp_path / "valueplug"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self, **kw):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(32 * 32 * 3, 10)\n"
+        "    def forward(self, x):\n"
+        "        if x.abs().max().item() > 1e9:  # reads a value: no shapes-only run can\n"
+        "            x = x * 0\n"
+        "        return self.lin(x.flatten(1))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = _cfg("model=custom", "model._target_=valueplug.Net", "data=synthetic")
+    with pytest.raises(StudyError) as e:
+        roofline_profile(cfg, 8, "h100_sxm")
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("the roofline device model cannot run Net on the meta")
+    assert "fix: scale.device_model=measured" in message
