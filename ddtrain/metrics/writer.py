@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,24 @@ def rewind_jsonl(path: Path, step: int) -> int:
     return len(later)
 
 
+def after_earlier_event_files(tb_dir: Path) -> None:
+    """Wait, if need be, until a new event file's name sorts after every one in ``tb_dir``.
+
+    TensorBoard reads a run's event files in name order, and a name starts with the second the
+    file was made. A resumed segment's file must come after the earlier segments' files, or its
+    purge of their steps past the checkpoint is read first and those steps show again. Within one
+    second the rest of the name (host, pid, a per-process counter) decides, compared as strings,
+    so "…9" sorts after "…10": the next second is the only safe order. A restart rarely comes
+    within a second of the last file, so this almost never waits.
+    """
+    stamps = [int(part) for f in tb_dir.glob("events.out.tfevents.*")
+              if (part := f.name.split(".")[3]).isdigit()]
+    if stamps:
+        wait = max(stamps) + 1 - time.time()
+        if wait > 0:
+            time.sleep(wait)
+
+
 class MetricsWriter:
     def __init__(self, run_dir: Path, hparams: dict[str, Any], tensorboard: bool = True,
                  resume_step: int | None = None):
@@ -92,6 +111,8 @@ class MetricsWriter:
 
             # purge_step: TensorBoard hides events a previous segment logged past the checkpoint.
             purge = None if resume_step is None else resume_step + 1
+            if resume_step is not None:
+                after_earlier_event_files(self.tb_dir)
             self._tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=purge)
             if resume_step is not None:
                 return  # the first segment wrote the hparams table

@@ -135,3 +135,21 @@ def test_a_resumed_writer_moves_records_past_the_checkpoint_aside(tmp_path):
     assert [line[:11] for line in discarded] == ['{"step": 30', '{"step": 4']
     assert [(e.step, e.value) for e in scalars(tmp_path / "tb").Scalars("loss/train")] == [
         (10, pytest.approx(0.25)), (20, pytest.approx(0.125)), (30, pytest.approx(9.0))]
+
+
+def test_a_resumed_segments_event_file_sorts_after_the_earlier_ones(tmp_path):
+    # Event files are read in name order; within one second the name's counter compares as a
+    # string ("...9" after "...10"), so a resumed writer waits for the next second.
+    import time
+
+    from ddtrain.metrics.writer import after_earlier_event_files
+
+    now = int(time.time())
+    recent = tmp_path / f"events.out.tfevents.{now:010d}.host.4242.10"
+    recent.write_bytes(b"")
+    after_earlier_event_files(tmp_path)
+    assert int(time.time()) > now
+    recent.rename(tmp_path / "events.out.tfevents.0000000001.h.1.1")
+    t0 = time.monotonic()
+    after_earlier_event_files(tmp_path)  # only old files: no wait
+    assert time.monotonic() - t0 < 0.5
