@@ -48,7 +48,8 @@ def device_info(device: torch.device, want: str = "auto") -> Device | None:
         interpreting = rnn_triton is not None and rnn_triton.INTERPRET
         return Device(sm_count=1) if interpreting and want in ("persistent", "stepwise") else None
     props = torch.cuda.get_device_properties(device)
-    return Device(props.multi_processor_count, getattr(props, "regs_per_multiprocessor", 65536))
+    return Device(props.multi_processor_count, getattr(props, "regs_per_multiprocessor", 65536),
+                  capability=10 * props.major + props.minor)
 
 
 class _Recurrence(torch.autograd.Function):

@@ -1,4 +1,5 @@
-"""Which path runs a recurrence, decided on the host before anything is launched. Pure.
+"""Which path runs a recurrence, decided on the host before anything is launched, from the
+shape, the GPU and what the compiled kernels measurably need (kernel_resources.json).
 
 The persistent kernel splits the recurrent matrix U (gates*H rows of H) by hidden unit across
 programs; each program loads its slice once and keeps it in registers for all T steps, and all
@@ -14,8 +15,11 @@ When either fails we fall back, and say why in one line.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 KiB = 1024
 # Share of the register file the weight slice may take; the rest holds h, partial sums, pointers.
@@ -33,6 +37,35 @@ class Device:
 
     sm_count: int
     regs_per_sm: int = 65536  # 32-bit registers: 64K on every NVIDIA GPU since Kepler
+    capability: int = 0  # compute capability x 10 (90: Hopper); 0: unknown, nothing measured
+
+
+# What the kernels compiled for each architecture need (registers, stack, local memory), as
+# ``python -m ddtrain.kernels.offline --write`` measures them from the cubins; tests/compile checks
+# that this file matches the kernels as they are.
+RESOURCES_FILE = Path(__file__).with_name("kernel_resources.json")
+
+
+@functools.cache
+def _measured() -> dict[tuple, int]:
+    """(capability, gates, element size, mm, H_PAD, block_h, warps) -> the most bytes per thread
+    that any compiled recurrence kernel of that shape keeps outside its registers."""
+    if not RESOURCES_FILE.is_file():
+        return {}
+    out: dict[tuple, int] = {}
+    for r in json.loads(RESOURCES_FILE.read_text()):
+        key = (r["capability"], r["gates"], r["element_size"], r["mm"], r["h_pad"], r["block_h"],
+               r["num_warps"])
+        out[key] = max(out.get(key, 0), r["stack"] + r["local"])
+    return out
+
+
+def measured_spill(device: Device, gates: int, element_size: int, mm: str, hidden: int, block_h: int,
+                   num_warps: int) -> int | None:
+    """Bytes per thread the compiled persistent kernel spills at this shape on ``device``'s
+    architecture (0: none), or None when that shape was not compiled for it."""
+    h_pad = max(16, _pow2_ceil(hidden))
+    return _measured().get((device.capability, gates, element_size, mm, h_pad, block_h, num_warps))
 
 
 @dataclass(frozen=True)
@@ -73,8 +106,11 @@ def plan_recurrence(
     onchip_fraction: float = ONCHIP_FRACTION,
     stepwise_block: int = 16,
     mm: str = "fma",
+    measured: bool = True,
 ) -> Plan:
-    """Pick persistent, step-wise, cuDNN or the reference loop for one layer's recurrence."""
+    """Pick persistent, step-wise, cuDNN or the reference loop for one layer's recurrence.
+    ``measured``: also refuse a persistent shape whose compiled kernel spills on the device's
+    architecture (kernel_resources.json); False gives the candidate from the budget alone."""
     if want not in PATHS:
         raise ValueError(f"rnn path {want!r} is unknown; choose one of {', '.join(PATHS)}")
     if mm not in MATMULS:
@@ -112,12 +148,23 @@ def plan_recurrence(
         if want == "persistent":
             raise ValueError(f"persistent path impossible: {why}; use a 2-byte dtype or path=stepwise")
         return _with_reason(stepwise, f"{why}: step-wise kernel")
+    warps = warps_for(need)
+    spill = measured_spill(device, gates, element_size, mm, hidden, block_h, warps) if measured else None
+    if spill:
+        why = (f"the persistent kernel compiled for sm_{device.capability} keeps {spill} bytes per thread "
+               f"outside its registers at this shape (hidden {hidden}, {gates} gate(s), {element_size}-byte "
+               "elements), so U would be re-read every step")
+        if want == "persistent":
+            raise ValueError(f"persistent path impossible: {why}; use path=stepwise")
+        return _with_reason(stepwise, f"{why}: step-wise kernel")
+    measured_note = "; its resource use was not measured for this GPU" if measured and spill is None else ""
     return Plan(
         "persistent",
         block_h=block_h,
         programs=programs,
-        num_warps=warps_for(need),
-        reason=f"persistent: {programs} programs x {block_h} units, {need // KiB} KiB of U each",
+        num_warps=warps,
+        reason=(f"persistent: {programs} programs x {block_h} units, {need // KiB} KiB of U each"
+                f"{measured_note}"),
         mm=mm,
     )
 

@@ -1,0 +1,38 @@
+"""launch/gpu_check.sh: its steps listed without a GPU, and one clear line where none is."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "launch" / "gpu_check.sh"
+
+
+def test_the_dry_run_lists_every_step_with_its_command_and_limit(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split(". ", 1)[1].split(" (up to")[0] for line in proc.stdout.splitlines()
+             if line[:3].strip().rstrip(".").isdigit()]
+    assert names == ["environment", "pytest gpu", "bench_rnn fma", "bench_rnn dot", "bench_packing",
+                     "gpt bf16 one GPU", "prnn persistent one GPU", "scale prnn to 128", "scale gpt to 128",
+                     "roofline gpt", "roofline resnet50", "roofline prnn"]
+    grid = "launch/bench_rnn.py --cells rnn,gru --dtypes fp16,bf16 --hidden 1024,2048 --batches 4"
+    assert grid in proc.stdout
+    assert "scale.device_model=roofline" in proc.stdout and "cluster=dgx_h100" in proc.stdout
+    assert f"writes {tmp_path}/gpu_check.md and {tmp_path}/gpu_check.json" in proc.stdout
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_without_a_gpu_it_stops_with_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(tmp_path),
+                               "CUDA_VISIBLE_DEVICES": ""},
+                          cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: error: no CUDA GPU is visible"), proc.stderr
+    assert not list(tmp_path.iterdir())
