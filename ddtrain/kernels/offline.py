@@ -28,10 +28,10 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ddtrain.kernels.rnn_plan import RESOURCES_FILE, Device, Plan, plan_recurrence
+from ddtrain.kernels.rnn_plan import RESOURCES_FILE, SPILL_ALLOWANCE, Device, Plan, plan_recurrence
 
 KERNELS_DIR = Path(__file__).resolve().parent
 DTYPES = ("fp32", "fp16", "bf16")
@@ -108,9 +108,11 @@ class Row:
         if self.resources.error:
             out.append(f"compile error: {self.resources.error}")
         elif self.config.path == "persistent" and self.config.planned:
-            if self.resources.local > 0 or self.resources.stack > 0:
-                out.append(f"spills in a persistent kernel (local {self.resources.local} B, stack "
-                           f"{self.resources.stack} B per thread): the weight slice leaves the registers")
+            spill = self.resources.local + self.resources.stack
+            if spill > SPILL_ALLOWANCE:
+                out.append(f"spills in a persistent kernel (stack {self.resources.stack} B, local "
+                           f"{self.resources.local} B per thread, over the {SPILL_ALLOWANCE}-byte "
+                           "allowance): the weight slice leaves the registers")
             if not self.co_resident:
                 out.append(f"{self.config.programs} programs cannot be co-resident on {self.config.target}'s "
                            f"SMs at {self.programs_per_sm} per SM: the grid barrier would deadlock")
@@ -148,11 +150,11 @@ def recurrence_configs(target: Target) -> list[Config]:
                 for hidden in sizes:
                     candidate = plan_for(target, cell, mm, dtype, hidden, measured=False)
                     plan = plan_for(target, cell, mm, dtype, hidden)
-                    plans = [candidate] if candidate == plan else [candidate, plan]
-                    for p in plans:
+                    same = replace(candidate, reason="") == replace(plan, reason="")
+                    for p, planned in ([(plan, True)] if same else [(candidate, False), (plan, True)]):
                         for kernel in ("recurrence_fwd", "recurrence_bwd"):
                             out.append(Config(kernel, target.name, dtype, cell, act, mm, hidden, BATCH,
-                                              p.path, p.programs, p.block_h, p.num_warps, planned=p == plan))
+                                              p.path, p.programs, p.block_h, p.num_warps, planned=planned))
     return out
 
 

@@ -42,6 +42,7 @@ def test_a_persistent_grid_must_fit_at_once_and_keep_its_slice_in_registers():
     assert ok.co_resident and ok.problems == []
     spilled = row(base, Resources(64, 1480, 0, 1024))
     assert "spills in a persistent kernel" in spilled.problems[0]
+    assert row(base, Resources(128, 32, 0, 1024)).problems == []  # a few temporaries: allowed
     from dataclasses import replace
 
     too_big = row(replace(base, num_warps=16), Resources(255, 0, 0, 1024))
@@ -67,6 +68,10 @@ def test_the_planner_refuses_a_persistent_shape_whose_compiled_kernel_spills(mon
         plan_recurrence(**args, want="persistent")
     monkeypatch.setattr(rnn_plan, "_measured", lambda: {key: 0})
     assert plan_recurrence(**args) == candidate  # measured and clean
+    monkeypatch.setattr(rnn_plan, "_measured", lambda: {key: rnn_plan.SPILL_ALLOWANCE})
+    small = plan_recurrence(**args)
+    assert small.path == "persistent"
+    assert "32 bytes per thread spilled, within the 32-byte allowance" in small.reason
     monkeypatch.setattr(rnn_plan, "_measured", lambda: {})
     unmeasured = plan_recurrence(**args)
     assert unmeasured.path == "persistent" and "not measured for this GPU" in unmeasured.reason
