@@ -83,12 +83,14 @@ GENERATIONS: dict[str, Generation] = {
                 "fp32 taken as bf16, no source); memory: BabelStream copy 3056 of 3900 GB/s (H100 NVL)"),
 }
 
-# Peak-table key -> (generation, streaming multiprocessors), from the same datasheets.
-DEVICES: dict[str, tuple[str, int]] = {
-    "h100_sxm": ("hopper", 132), "h200": ("hopper", 132), "h100_pcie": ("hopper", 114),
-    "h100_nvl": ("hopper", 132), "a100": ("ampere", 108), "a10": ("ampere", 72),
-    "l40s": ("ada", 142), "l4": ("ada", 58), "v100_sxm2": ("volta", 80), "v100_pcie": ("volta", 80),
-    "p100_sxm2": ("pascal", 56), "p100_pcie": ("pascal", 56), "titanx_maxwell": ("maxwell", 24),
+# Peak-table key -> (generation, streaming multiprocessors, CUDA compute capability x 10), from
+# the same datasheets and NVIDIA's compute-capability table.
+DEVICES: dict[str, tuple[str, int, int]] = {
+    "h100_sxm": ("hopper", 132, 90), "h200": ("hopper", 132, 90), "h100_pcie": ("hopper", 114, 90),
+    "h100_nvl": ("hopper", 132, 90), "a100": ("ampere", 108, 80), "a10": ("ampere", 72, 86),
+    "l40s": ("ada", 142, 89), "l4": ("ada", 58, 89), "v100_sxm2": ("volta", 80, 70),
+    "v100_pcie": ("volta", 80, 70),
+    "p100_sxm2": ("pascal", 56, 60), "p100_pcie": ("pascal", 56, 60), "titanx_maxwell": ("maxwell", 24, 52),
 }
 
 
@@ -98,10 +100,10 @@ def device_roofline(device: str, precision: str) -> Roofline:
     efficiencies and per-op costs."""
     key = match_device(device)
     peak = datasheet_peak_for(device, precision)  # raises for an unknown device, naming the known ones
-    generation, sms = DEVICES[key]
+    generation, sms, capability = DEVICES[key]
     g = GENERATIONS[generation]
     return Roofline(
         name=f"{key} {peak.dtype}", matmul_flops=peak.flops, memory_Bps=table_memory_bandwidth(key),
         per_op_s=g.per_op_s, efficiency=g.efficiency(peak.dtype), queued_launches=True,
-        step_sync_s=g.step_sync_s, sm_count=sms,
+        step_sync_s=g.step_sync_s, sm_count=sms, capability=capability,
         source=f"{peak.source}; {generation} efficiencies ({g.sources})")

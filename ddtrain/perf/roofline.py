@@ -39,6 +39,7 @@ class Roofline:
     queued_launches: bool = False
     step_sync_s: float = 0.0  # a persistent kernel's grid-wide barrier, once per time step
     sm_count: int = 0  # what the recurrence planner needs to know (0: no persistent kernel)
+    capability: int = 0  # CUDA compute capability x 10, for the planner's measured kernel figures
     source: str = ""
 
     def _launch(self, t: float) -> float:

@@ -87,13 +87,15 @@ def at_precision(records: list[OpRecord], precision: str) -> list[OpRecord]:
 
 def runs_persistent(region: Region, device: Roofline) -> bool:
     """Whether ddtrain's recurrence planner puts this recurrence in one persistent kernel on
-    ``device`` (the path the model asks for, planned for the device's SMs)."""
+    ``device`` (the path the model asks for, planned for the device's SMs and, where measured,
+    its architecture's compiled kernels)."""
     info = region.info
     want = info.get("path", "auto")
     if region.kind != "recurrence" or want not in ("auto", "persistent") or not device.sm_count:
         return False
     plan = plan_recurrence(hidden=info["hidden"], batch=info["batch"], gates=info["gates"],
-                           element_size=info["element_size"], device=Device(device.sm_count), want=want,
+                           element_size=info["element_size"],
+                           device=Device(device.sm_count, capability=device.capability), want=want,
                            mm=info.get("mm", "fma"))
     return plan.path == "persistent"
 

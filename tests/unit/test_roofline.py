@@ -153,15 +153,15 @@ def test_every_datasheet_gpu_has_a_generation_with_sourced_efficiencies():
     from ddtrain.perf.roofline import OP_EFFICIENCIES
 
     assert set(DEVICES) == set(PEAK_TABLE)
-    for key, (generation, sms) in DEVICES.items():
+    for key, (generation, sms, capability) in DEVICES.items():
         g = GENERATIONS[generation]
-        assert sms > 0 and g.sources, key
+        assert sms > 0 and 50 <= capability <= 90 and g.sources, key
         for dtype in PEAK_TABLE[key].tflops:
             eff = g.efficiency(dtype)
             assert set(eff) == set(OP_EFFICIENCIES) and all(0 < v <= 1 for v in eff.values()), (key, dtype)
     h100 = device_roofline("NVIDIA H100 80GB HBM3", "bf16")
-    assert (h100.name, h100.matmul_flops, h100.memory_Bps, h100.sm_count) == (
-        "h100_sxm bf16", 989.4e12, 3.35e12, 132)
+    assert (h100.name, h100.matmul_flops, h100.memory_Bps, h100.sm_count, h100.capability) == (
+        "h100_sxm bf16", 989.4e12, 3.35e12, 132, 90)
     assert h100.efficiency["matmul"] == 0.803 and h100.queued_launches and "MAMF" in h100.source
     assert device_roofline("v100_sxm2", "fp32").efficiency["matmul"] == 0.94  # fp32 CUDA cores
     assert device_roofline("v100_sxm2", "bf16").efficiency["matmul"] == 0.90  # fp16 tensor cores
