@@ -91,6 +91,9 @@ class TrainerConfig:
     resume: str = "auto"  # auto (newest valid checkpoint in ckpt_dir, if any) | never | PATH
     on_nonfinite: str = "stop"  # a NaN/inf gradient: stop the job, or skip that step's update
     eval_every: int = 0  # a validation pass every K steps (and after the last); 0: none
+    # torch.compile each block of the model (ddtrain/compile.py); the first step compiles and is
+    # left out of throughput.
+    compile: bool = False
 
 
 def _default_model() -> Any:

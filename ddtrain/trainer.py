@@ -17,6 +17,7 @@ from torch import nn
 
 from ddtrain.ckpt.manager import Checkpointer, checkpoint_dir
 from ddtrain.comm.engines import build_engine
+from ddtrain.compile import compile_regions
 from ddtrain.config import TrainConfig, to_flat_dict, to_mapping
 from ddtrain.data import build_dataset, spec_of
 from ddtrain.data.feed import loader_workers, to_device, train_loader, val_batches
@@ -188,6 +189,10 @@ def train(
     clock = StepClock(ctx.device)
     metrics = _metrics(cfg, ctx, rep, clock, run_dir, flat_cfg, start)
     _log_start(cfg, ctx, rep, ckpt, start, metrics.workload)
+    if t.compile:  # after the FLOP count, which runs the eager model once
+        blocks = compile_regions(rep.model)
+        log.info("trainer.compile: %d block(s) compiled with torch.compile, one graph each, so gradients "
+                 "appear block by block and buckets launch during backward; the first step compiles", blocks)
     validate = _validation(cfg, ctx, rep, val_dataset, metrics)
 
     result = TrainResult(model=rep.model, engine=rep.engine, start_step=start, history=metrics.history,
@@ -195,10 +200,14 @@ def train(
     batches = rep.loader.stream()
     try:  # the files and the loader's workers are closed on every exit, a failure's included
         for step in range(start, t.steps):
+            t0 = time.perf_counter()
             out = train_step(rep, batches, step, cfg, ctx, clock,
                              stop_requested=stop is not None and stop.requested,
                              save_due=ctx.is_main and ckpt.time_due())
             done = step + 1
+            if t.compile and step == start:
+                log.info("trainer.compile: the first step, compiling included, took %.1f s; it is left out "
+                         "of throughput", time.perf_counter() - t0)
             if out.skipped:
                 counters["nonfinite_skipped"] += 1
                 log.warning("step %d: non-finite gradient (norm %s), update skipped "
@@ -277,6 +286,7 @@ def _metrics(cfg: TrainConfig, ctx: DistContext, rep: Replica, clock: StepClock,
         lr=lambda: rep.scheduler.get_last_lr()[0],
         epoch=lambda done: loader.epoch(done * t.grad_accum),
         progress=_progress(t.progress and ctx.is_main, t.steps, start),
+        uncounted_through=start + 1 if t.compile else 0,
     )
 
 

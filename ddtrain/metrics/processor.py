@@ -47,8 +47,12 @@ class StepView:
 class MetricsProcessor:
     def __init__(self, ctx: DistContext, writer, clock: StepClock, workload: Workload, *,
                  log_every: int, last_step: int, measures_exposed_comm: bool,
-                 lr: Callable[[], float], epoch: Callable[[int], float], progress=None):
+                 lr: Callable[[], float], epoch: Callable[[int], float], progress=None,
+                 uncounted_through: int = 0):
+        """``uncounted_through``: steps up to this number are left out of a record's timings when
+        its window holds later steps too (a first step that compiles is not training speed)."""
         self.ctx, self.writer, self.clock, self.workload = ctx, writer, clock, workload
+        self.uncounted_through = uncounted_through
         self.log_every, self.last_step = log_every, last_step
         self.measures_exposed_comm = measures_exposed_comm
         self._lr, self._epoch, self._bar = lr, epoch, progress
@@ -90,6 +94,10 @@ class MetricsProcessor:
         as its slowest rank); the phase split is this rank's (rank 0 writes the file)."""
         per_step = per_step_timings(steps, data_s, all_max_each(self.ctx, [s["total"] for s in steps]),
                                     self.measures_exposed_comm)
+        first = view.step - len(steps) + 1
+        keep = [i for i in range(len(steps)) if first + i > self.uncounted_through]
+        if keep and len(keep) < len(steps):
+            per_step = {k: None if v is None else [v[i] for i in keep] for k, v in per_step.items()}
         step_time = mean_or_none(per_step["step_time_s"])
         samples_per_s = self.workload.samples_per_step / step_time
         record = {

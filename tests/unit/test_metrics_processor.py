@@ -99,3 +99,36 @@ def test_close_closes_the_writer():
 def test_per_step_timings_refuses_mismatched_lengths():
     with pytest.raises(ValueError):
         per_step_timings([{"compute": 1.0, "comm_exposed": 0.0, "optimizer": 0.0}], [0.1, 0.2], [1.0], True)
+
+
+class SlowFirstClock(FakeClock):
+    """The first step takes 10 s (it compiles), every later one 0.5 s."""
+
+    def __init__(self):
+        super().__init__({"compute": 0.30, "comm_exposed": 0.05, "optimizer": 0.15})
+        self.seen = 0
+
+    def drain(self):
+        out = super().drain()
+        for i, s in enumerate(out, self.seen):
+            if i == 0:
+                s.update(compute=9.8, total=10.0)
+        self.seen += len(out)
+        return out
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_a_step_that_compiles_is_left_out_of_throughput(log_every):
+    ctx = DistContext(detect_launch_env({}), torch.device("cpu"), None)
+    writer, clock = ListWriter(), SlowFirstClock()
+    proc = MetricsProcessor(ctx, writer, clock, Workload(64, 1e9, 0), log_every=log_every, last_step=6,
+                            measures_exposed_comm=True, lr=lambda: 0.5, epoch=lambda done: done / 10,
+                            uncounted_through=1)
+    run_steps(proc, clock, 6)
+    first = writer.records[0]
+    if log_every == 1:  # a window of the compiling step alone keeps its own time: nothing else to show
+        assert first["step_time_s"] == pytest.approx(10.0)
+    else:  # steps 2 and 3 only
+        assert first["per_step"]["step_time_s"] == [0.5, 0.5]
+        assert first["samples_per_s"] == pytest.approx(128.0)
+    assert all(r["step_time_s"] == pytest.approx(0.5) for r in writer.records[1:])
