@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import torch
 import torch.distributed as dist
 
 from ddtrain.dist.env import detect_launch_env
@@ -30,8 +31,15 @@ def init(*, backend: str = "auto", device: str = "auto", timeout_s: float = 300.
     if _CONTEXT is None:
         env = detect_launch_env(os.environ)
         if dist.is_initialized():
-            env = dataclasses.replace(env, rank=dist.get_rank(), world_size=dist.get_world_size())
-            _CONTEXT = DistContext(env, pick_device(env, device), dist.get_backend())
+            rank = dist.get_rank()
+            # A program that started its own ranks (mp.spawn) sets no launcher variables: on one
+            # node, the global rank is then the local one.
+            local = env.local_rank if env.launcher != "single" else rank
+            env = dataclasses.replace(env, rank=rank, world_size=dist.get_world_size(), local_rank=local)
+            dev = pick_device(env, device)
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)  # Triton launches, events and pinning use the current device
+            _CONTEXT = DistContext(env, dev, dist.get_backend())
         else:
             _CONTEXT = init_distributed(env, backend=backend, device=device, timeout_s=timeout_s)
     return _CONTEXT

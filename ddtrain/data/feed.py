@@ -55,6 +55,8 @@ def to_device(obj: Any, device: torch.device) -> Any:
     non-blocking, so a pinned batch's copy overlaps the host's next work."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple takes its fields apart
+        return type(obj)(*(to_device(v, device) for v in obj))
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_device(v, device) for v in obj)
     if isinstance(obj, dict):

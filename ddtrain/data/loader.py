@@ -110,7 +110,8 @@ def _as_is(batch: Any) -> Any:
 
 def _pinned(batch: Any) -> Any:
     if isinstance(batch, torch.Tensor):
-        return batch.pin_memory()
+        # A data set may hand out tensors already on the GPU; only host memory can be pinned.
+        return batch.pin_memory() if batch.device.type == "cpu" else batch
     if isinstance(batch, dict):
         return {key: _pinned(value) for key, value in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):

@@ -51,7 +51,8 @@ def pick_device(env: LaunchEnv, preference: str) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
-    # One GPU per local rank; modulo so that oversubscribed debugging runs still start.
+    # One GPU per local rank; modulo so that an oversubscribed Gloo debugging run still starts
+    # (NCCL refuses two ranks on one GPU: init_distributed says so first).
     return torch.device("cuda", env.local_rank % torch.cuda.device_count())
 
 
@@ -71,6 +72,11 @@ def init_distributed(env: LaunchEnv, *, backend: str, device: str, timeout_s: fl
         return DistContext(env, dev, None)
 
     backend = pick_backend(dev, backend)
+    if backend == "nccl" and env.local_world_size > torch.cuda.device_count():
+        raise RuntimeError(
+            f"{env.local_world_size} ranks on this node but {torch.cuda.device_count()} visible GPU(s): NCCL "
+            "refuses two ranks on one GPU; start one rank per GPU (CUDA_VISIBLE_DEVICES decides what is "
+            "visible), or use comm.backend=gloo to debug with more ranks than GPUs")
     if backend == "gloo" and env.single_host:
         # Hostname-based interface choice is flaky (containers, VPNs); all ranks are here.
         os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback_interface())

@@ -41,11 +41,14 @@ _SIGNATURES = (
 )
 
 # Variables forwarded to every rank, on every node. NCCL_* tune the collectives (interface, IB
-# adapter, debug level) and must be equal on all ranks; DDTRAIN_* are ddtrain's own. The search
+# adapter, debug level) and must be equal on all ranks, as must torch's own NCCL and distributed
+# switches (TORCH_NCCL_*, TORCH_DISTRIBUTED_*), the CUDA allocator's (PYTORCH_CUDA_*) and
+# Triton's (TRITON_*); DDTRAIN_* are ddtrain's own. CUDA_VISIBLE_DEVICES is a node's own and is
+# not forwarded. The search
 # paths let a remote node find the same interpreter and libraries, when the venv sits on a
 # shared file system at the same path; GLOO_SOCKET_IFNAME is NCCL_SOCKET_IFNAME's twin for
 # CPU (Gloo) runs across nodes.
-EXPORT_PREFIXES = ("NCCL_", "DDTRAIN_")
+EXPORT_PREFIXES = ("NCCL_", "DDTRAIN_", "TORCH_NCCL_", "TORCH_DISTRIBUTED_", "PYTORCH_CUDA_", "TRITON_")
 EXPORT_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "GLOO_SOCKET_IFNAME")
 
 
@@ -63,6 +66,7 @@ def detect_flavour(version_text: str) -> str | None:
 
 def exported_names(environ: Mapping[str, str]) -> list[str]:
     """Names to forward to remote ranks: those of EXPORT_NAMES that are set (non-empty), then
-    NCCL_*/DDTRAIN_* in sorted order (a stable order keeps the printed command reproducible)."""
+    those with an EXPORT_PREFIXES prefix in sorted order (a stable order keeps the printed
+    command reproducible)."""
     fixed = [name for name in EXPORT_NAMES if environ.get(name)]
     return fixed + sorted(name for name in environ if name.startswith(EXPORT_PREFIXES))

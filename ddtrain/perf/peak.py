@@ -92,6 +92,10 @@ MEMORY_GBPS: dict[str, float] = {
 # torch.cuda.get_device_name() -> table key. Order matters: the first match wins, so variants
 # (NVL, PCIe) come before the plain name, and "A10" must not match "A100" or "A10G".
 _NAME_PATTERNS: list[tuple[str, str]] = [
+    # A MIG slice ("NVIDIA A100-SXM4-40GB MIG 1g.5gb") has a fraction of the GPU: no datasheet
+    # figure is its own, so it is probed; so is the H200 NVL, which the table does not hold.
+    (r"\bmig\b", ""),
+    (r"\bh200\b.*\bnvl\b", ""),
     (r"\bh100\b.*\bnvl\b", "h100_nvl"),
     (r"\bh100\b.*\bpcie\b", "h100_pcie"),
     (r"\bh100\b", "h100_sxm"),
@@ -119,7 +123,7 @@ def match_device(name: str) -> str | None:
         return low.replace(" ", "_")
     for pattern, key in _NAME_PATTERNS:
         if re.search(pattern, low):
-            return key
+            return key or None
     return None
 
 
@@ -191,15 +195,15 @@ def probe_peak(device: torch.device, dtype: str, *, sizes: tuple[int, ...] | Non
     tdtype = _TORCH_DTYPE[dtype]
     gen = torch.Generator(device="cpu").manual_seed(0)
     best = 0.0
-    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    prev = _matmul_precision()
     try:
-        torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+        _set_matmul_precision("tf32" if dtype == "tf32" else "ieee")
         for n in sizes:
             a = torch.randn(n, n, generator=gen).to(device=device, dtype=tdtype)
             b = torch.randn(n, n, generator=gen).to(device=device, dtype=tdtype)
             best = max(best, _time_matmul(a, b, seconds))
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+        _set_matmul_precision(prev)
     if cuda:
         name = torch.cuda.get_device_name(device)
         how = f"best square matmul of n in {list(sizes)}"
@@ -214,9 +218,26 @@ def peak_dtype(device: torch.device, precision: str) -> str:
     lets CUDA matmuls use TF32, else fp32."""
     if precision == "bf16":
         return "bf16"
-    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+    if device.type == "cuda" and _matmul_precision() == "tf32":
         return "tf32"
     return "fp32"
+
+
+def _matmul_precision() -> str:
+    """"tf32" or "ieee": how CUDA fp32 matmuls run. torch 2.9 added ``fp32_precision`` and made
+    reading the older ``allow_tf32`` an error once the new setting is used, so the new one is
+    read first ("none" there means the older flag decides)."""
+    new = getattr(torch.backends.cuda.matmul, "fp32_precision", "none")
+    if new in ("tf32", "ieee"):
+        return new
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _set_matmul_precision(value: str) -> None:
+    if getattr(torch.backends.cuda.matmul, "fp32_precision", "none") != "none":
+        torch.backends.cuda.matmul.fp32_precision = value
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = value == "tf32"
 
 
 def resolve_peak(device: torch.device, precision: str, override: str = "auto") -> Peak:

@@ -127,6 +127,13 @@ def test_exported_names_pick_prefixes_and_set_paths_only():
     # PYTHONPATH is set but empty: nothing to forward.
     assert exported_names(env) == ["PATH", "GLOO_SOCKET_IFNAME", "DDTRAIN_X", "NCCL_DEBUG"]
     assert exported_names({}) == []
+    # torch's NCCL and distributed switches, the CUDA allocator's and Triton's must match on every
+    # node; a node's own GPUs (CUDA_VISIBLE_DEVICES) are its own.
+    cuda = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "TORCH_DISTRIBUTED_DEBUG": "DETAIL",
+            "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TRITON_CACHE_DIR": "/c",
+            "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert exported_names(cuda) == ["PYTORCH_CUDA_ALLOC_CONF", "TORCH_DISTRIBUTED_DEBUG",
+                                    "TORCH_NCCL_ASYNC_ERROR_HANDLING", "TRITON_CACHE_DIR"]
 
 
 # ---------------------------------------------------------------- slots = physical cores
