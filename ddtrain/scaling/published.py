@@ -17,7 +17,9 @@ the prediction uses, so both sides count FLOPs one way.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -211,13 +213,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", nargs="+", choices=[c.name for c in CASES], default=[c.name for c in CASES])
     p.add_argument("--json", type=Path, help="also write every case's figures here")
     p.add_argument("--keep", type=Path, help="keep each study's directory under this folder")
+    p.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)),
+                   help="cases run at once (default: the CPUs, at most 4)")
     args = p.parse_args(argv)
-    outcomes = []
+    cases = [c for c in CASES if c.name in args.cases]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
-        for case in (c for c in CASES if c.name in args.cases):
+        for case in cases:
             print(f"{case.name}: {' '.join(case.command(root / case.name))}", file=sys.stderr, flush=True)
-            outcomes.append(run_case(case, root / case.name))
+        # Each case is its own ddtrain-scale process; they share nothing but the CPUs.
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            outcomes = list(pool.map(lambda c: run_case(c, root / c.name), cases))
     print(table(outcomes))
     print()
     print(inputs_table([c for c in CASES if c.name in args.cases]))
