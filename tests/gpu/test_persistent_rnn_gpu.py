@@ -1,8 +1,8 @@
 """On a GPU: the compiled kernels at benchmark sizes, with a real multi-program grid barrier.
 
 The CPU tests run the same kernels in Triton's interpreter with one program per persistent
-launch; only here do 100+ programs meet at the barrier every step. Never run yet: no GPU was
-lent to issue 4 (see docs/BENCHMARKS.md); the bounds are the interpreter ones, loosened for
+launch; only here do 100+ programs meet at the barrier every step. Not yet run on a GPU (see
+docs/BENCHMARKS.md); the bounds are the interpreter ones, loosened for
 T = 64 steps of accumulated rounding.
 """
 
