@@ -9,30 +9,10 @@ gives is marked ``assumption``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ddtrain.perf.peak import datasheet_peak_for, match_device, table_memory_bandwidth
 from ddtrain.perf.roofline import Roofline
-
-
-@dataclass(frozen=True)
-class Generation:
-    name: str
-    # Fraction of the datasheet matmul peak that large GEMMs reach, per peak dtype (tensor-core
-    # dtypes and fp32 differ); the op class "matmul" takes the figure of the run's dtype.
-    matmul: dict[str, float]
-    memory: float  # fraction of datasheet bandwidth a streaming (copy, triad) kernel reaches
-    reduction: float  # the same for reductions and norms, which make more passes and sync
-    recurrent: float  # a persistent recurrent kernel at a small minibatch, of the matmul peak
-    per_op_s: float  # host cost of one eager op: its launch
-    step_sync_s: float  # one grid-wide barrier of a persistent kernel
-    sources: str
-
-    def efficiency(self, dtype: str) -> dict[str, float]:
-        """The op-class efficiencies of roofline.Roofline for a run whose matmuls are ``dtype``."""
-        return {"matmul": self.matmul.get(dtype, min(self.matmul.values())), "elementwise": self.memory,
-                "reduction": self.reduction, "optimizer": self.memory, "recurrent": self.recurrent}
-
 
 # Shared by every generation (no per-generation figure was found): PyTorch eager costs "~7
 # microseconds for the simplest tensor operations" (pytorch/pytorch#41383, CPU tensors), and a
@@ -45,40 +25,60 @@ _REDUCTION_SHARE = 0.8
 _SYNC_S = 1e-6
 _DIAMOS_RECURRENT = 0.45
 
+
+@dataclass(frozen=True)
+class Generation:
+    name: str
+    # Fraction of the datasheet matmul peak that large GEMMs reach, per peak dtype (tensor-core
+    # dtypes and fp32 differ); the op class "matmul" takes the figure of the run's dtype.
+    matmul: dict[str, float]
+    memory: float  # fraction of datasheet bandwidth a streaming (copy, triad) kernel reaches
+    sources: str
+    recurrent: float = _DIAMOS_RECURRENT  # a persistent recurrent kernel at a small minibatch
+    per_op_s: float = _LAUNCH_S  # host cost of one eager op: its launch
+    step_sync_s: float = _SYNC_S  # one grid-wide barrier of a persistent kernel
+
+    @property
+    def reduction(self) -> float:
+        """Reductions and norms make more passes and synchronise: a share of the streaming rate."""
+        return self.memory * _REDUCTION_SHARE
+
+    def efficiency(self, dtype: str) -> dict[str, float]:
+        """The op-class efficiencies of roofline.Roofline for a run whose matmuls are ``dtype``."""
+        return {"matmul": self.matmul.get(dtype, min(self.matmul.values())), "elementwise": self.memory,
+                "reduction": self.reduction, "optimizer": self.memory, "recurrent": self.recurrent}
+
+
+def _all_dtypes(fraction: float) -> dict[str, float]:
+    return dict.fromkeys(("bf16", "fp16", "tf32", "fp32"), fraction)
+
+
+_AMPERE = Generation(
+    "ampere", _all_dtypes(0.869), memory=0.84,
+    sources="GEMM: bf16 271 of 312 TFLOP/s, 86.9% (ml-engineering MAMF table, A100 SXM; tf32 and fp32 "
+            "taken as bf16, no source); memory: BabelStream copy 1709 of 2039 GB/s (A100 80GB)")
+
 # Every GPU generation the peak table holds. GEMM fractions: DeepBench (baidu-research/DeepBench
 # results/train/*.xlsx, best large training GEMM) and the "Maximum Achievable Matmul FLOPS" table
 # of stas00/ml-engineering (compute/accelerator/README.md). Bandwidth: BabelStream copy results.
 GENERATIONS: dict[str, Generation] = {
     "maxwell": Generation(
-        "maxwell", {"fp32": 0.85}, memory=0.80, reduction=0.80 * _REDUCTION_SHARE,
-        recurrent=_DIAMOS_RECURRENT, per_op_s=_LAUNCH_S, step_sync_s=_SYNC_S,
+        "maxwell", {"fp32": 0.85}, memory=0.80,
         sources="GEMM: DeepBench TITAN X, 5.2-5.9 TFLOP/s on large fp32 shapes of 6.14; recurrent: Diamos "
                 "et al. 2016, 2.8 TFLOP/s, 'about 45% of theoretical peak' at minibatch 4; memory 0.80: "
                 "assumption"),
     "pascal": Generation(
-        "pascal", {"fp32": 0.86, "fp16": 0.86}, memory=0.80, reduction=0.80 * _REDUCTION_SHARE,
-        recurrent=_DIAMOS_RECURRENT, per_op_s=_LAUNCH_S, step_sync_s=_SYNC_S,
+        "pascal", {"fp32": 0.86, "fp16": 0.86}, memory=0.80,
         sources="GEMM: DeepBench P100, best fp32 9.12 TFLOP/s (0.86 of the SXM2's 10.6; fp16 taken as "
                 "fp32, no source); memory 0.80: assumption"),
     "volta": Generation(
-        "volta", {"fp32": 0.94, "fp16": 0.90}, memory=0.87, reduction=0.87 * _REDUCTION_SHARE,
-        recurrent=_DIAMOS_RECURRENT, per_op_s=_LAUNCH_S, step_sync_s=_SYNC_S,
+        "volta", {"fp32": 0.94, "fp16": 0.90}, memory=0.87,
         sources="GEMM: DeepBench V100, fp32 14.78 of 15.7 TFLOP/s, fp16 tensor cores 112.3 of 125; memory: "
                 "785 of 900 GB/s memcopy (AnjaliSandip/FastIceFlo), BabelStream 0.90-0.94 on V100 PCIe"),
-    "ampere": Generation(
-        "ampere", {"bf16": 0.869, "fp16": 0.869, "tf32": 0.869, "fp32": 0.869}, memory=0.84,
-        reduction=0.84 * _REDUCTION_SHARE, recurrent=_DIAMOS_RECURRENT, per_op_s=_LAUNCH_S,
-        step_sync_s=_SYNC_S,
-        sources="GEMM: bf16 271 of 312 TFLOP/s, 86.9% (ml-engineering MAMF table, A100 SXM; tf32 and fp32 "
-                "taken as bf16, no source); memory: BabelStream copy 1709 of 2039 GB/s (A100 80GB)"),
-    "ada": Generation(
-        "ada", {"bf16": 0.869, "fp16": 0.869, "tf32": 0.869, "fp32": 0.869}, memory=0.84,
-        reduction=0.84 * _REDUCTION_SHARE, recurrent=_DIAMOS_RECURRENT, per_op_s=_LAUNCH_S,
-        step_sync_s=_SYNC_S, sources="assumption: Ampere's figures (no Ada source found)"),
+    "ampere": _AMPERE,
+    "ada": replace(_AMPERE, name="ada", sources="assumption: Ampere's figures (no Ada source found)"),
     "hopper": Generation(
-        "hopper", {"bf16": 0.803, "fp16": 0.803, "tf32": 0.803, "fp32": 0.803}, memory=0.78,
-        reduction=0.78 * _REDUCTION_SHARE, recurrent=_DIAMOS_RECURRENT, per_op_s=_LAUNCH_S,
-        step_sync_s=_SYNC_S,
+        "hopper", _all_dtypes(0.803), memory=0.78,
         sources="GEMM: bf16 794.5 of 989 TFLOP/s, 80.3% (ml-engineering MAMF table, H100 SXM; tf32 and "
                 "fp32 taken as bf16, no source); memory: BabelStream copy 3056 of 3900 GB/s (H100 NVL)"),
 }

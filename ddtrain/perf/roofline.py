@@ -14,7 +14,7 @@ ops cost one by one, as a GPU without room for the weights runs them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ddtrain.perf.opcount import PHASES, OpRecord, Region
@@ -67,22 +67,20 @@ class Roofline:
         return self._launch(max(compute, memory) + steps * self.step_sync_s)
 
 
-def op_times(records: Sequence[OpRecord], device: Roofline, fused: Sequence[Region] | None = None,
-             runs_fused=lambda region: False) -> list[float]:
-    """Seconds of each record on ``device``. A region for which ``runs_fused(region)`` is true
-    costs ``Roofline.fused_time`` per phase, charged to its last op in that phase (so a running
-    sum over the records stays right at every region boundary)."""
+def op_times(records: Sequence[OpRecord], device: Roofline, regions: Sequence[Region] = (),
+             fused: Collection[int] = ()) -> list[float]:
+    """Seconds of each record on ``device``. A region whose index is in ``fused`` (one the device
+    runs as one kernel) costs ``Roofline.fused_time`` per phase, charged to its last op in that
+    phase (so a running sum over the records stays right at every region boundary)."""
     times = [device.op_time(r) for r in records]
-    if not fused:
-        return times
     groups: dict[tuple[int, str], list[int]] = {}
     for i, r in enumerate(records):
-        if r.region >= 0 and runs_fused(fused[r.region]):
+        if r.region in fused:
             groups.setdefault((r.region, r.phase), []).append(i)
     for (region, _phase), members in groups.items():
         for i in members:
             times[i] = 0.0
-        times[members[-1]] = device.fused_time([records[i] for i in members], fused[region].info["steps"])
+        times[members[-1]] = device.fused_time([records[i] for i in members], regions[region].info["steps"])
     return times
 
 

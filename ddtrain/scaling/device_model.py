@@ -119,8 +119,8 @@ def roofline_profile(cfg: TrainConfig, batch: int, device_key: str) -> RooflineP
     device = device_roofline(device_key, cfg.trainer.precision)
     step, model, own_flops = record_on_meta(cfg, batch)
     records = at_precision(step.records, cfg.trainer.precision)
-    fused = [r for r in step.regions if runs_persistent(r, device)]
-    times = op_times(records, device, step.regions, lambda r: r in fused)
+    fused = {i for i, r in enumerate(step.regions) if runs_persistent(r, device)}
+    times = op_times(records, device, step.regions, fused)
     phase = {p: sum(t for r, t in zip(records, times, strict=True) if r.phase == p)
              for p in ("forward", "backward", "optimizer")}
     params = [p for p in model.parameters() if p.requires_grad]

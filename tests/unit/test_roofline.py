@@ -127,9 +127,9 @@ def test_a_fused_region_costs_one_launch_its_fresh_bytes_and_a_barrier_per_step(
     outside = OpRecord("add", "elementwise", "forward", 0, 10**7, "float32")
     regions = [Region("recurrence", {"steps": 10})]
     # Op by op: each matmul is launch-bound (1 us of FLOPs, 10 us of bytes, 10 us launch).
-    unfused = op_times([*ops, outside], dev, regions, lambda r: False)
+    unfused = op_times([*ops, outside], dev, regions, fused=set())
     assert unfused == pytest.approx([1e-5] * 10 + [1e-4])
-    fused = op_times([*ops, outside], dev, regions, lambda r: True)
+    fused = op_times([*ops, outside], dev, regions, fused={0})
     # 10 MFLOP at half of 1 TFLOP/s = 20 us, over 100 kB of fresh bytes (1 us), plus 10 barriers.
     assert fused[:9] == [0.0] * 9 and fused[9] == pytest.approx(2e-5 + 1e-5)
     assert fused[10] == pytest.approx(1e-4)
