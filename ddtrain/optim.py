@@ -45,3 +45,16 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module, total_steps: int, fused:
         )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, cfg))
     return opt, sched
+
+
+def follow_schedule(opt: torch.optim.Optimizer, sched, cfg: OptimConfig, total_steps: int, step: int) -> None:
+    """Put ``opt`` at step ``step`` of this run's schedule after a checkpoint was loaded into it.
+
+    A loaded optimizer carries the LR its own run had set for ``step``. When ``trainer.steps`` or
+    ``optim.lr`` changed since, that LR belongs to another schedule, and the first update after
+    resuming would use it; the LR stays a function of the step number and this run's settings.
+    """
+    sched.base_lrs = [cfg.lr] * len(opt.param_groups)
+    for group in opt.param_groups:
+        group["initial_lr"] = cfg.lr
+        group["lr"] = cfg.lr * lr_factor(step, total_steps, cfg)

@@ -27,6 +27,7 @@ from ddtrain import __version__
 from ddtrain.config import TrainConfig, to_flat_dict
 from ddtrain.dist.group import DistContext, all_gather_rows
 from ddtrain.errors import EXIT_BAD_INPUT, JobError
+from ddtrain.optim import follow_schedule
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ def restore(state: dict, rep, ctx: DistContext, cfg: TrainConfig, source: str) -
             "samples; use the data it was written with, or start afresh with trainer.resume=never")
     rep.optimizer.load_state_dict(state["optimizer"])
     rep.scheduler.load_state_dict(state["scheduler"])
+    follow_schedule(rep.optimizer, rep.scheduler, cfg.optim, cfg.trainer.steps, int(state["step"]))
     # The micro-step after the checkpoint's last batch: step x global batch samples from the
     # start, whatever world size and accumulation split that global batch.
     rep.loader.step = int(state["step"]) * cfg.trainer.grad_accum

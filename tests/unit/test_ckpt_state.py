@@ -11,7 +11,9 @@ from ddtrain.ckpt import catalog
 from ddtrain.ckpt.file import decode, encode
 from ddtrain.ckpt.manager import Checkpointer, checkpoint_dir
 from ddtrain.ckpt.state import ResumeRefused, capture, check_resume, restore
+from ddtrain.config import OptimConfig
 from ddtrain.data import build_dataset
+from ddtrain.optim import lr_factor
 from ddtrain.registry import input_kind
 from ddtrain.trainer import build_replica
 from tests.gloo.workloads import single_process, tiny
@@ -128,3 +130,26 @@ def test_the_data_position_is_the_loaders_and_a_changed_data_set_is_refused():
     smaller = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, samples=cfg.data.samples // 2))
     with pytest.raises(ResumeRefused, match=r"a data set of \d+ samples and this run's data=synthetic"):
         restore(state, replica(smaller), single_process(), smaller, "x")
+
+
+def test_the_first_update_after_resuming_uses_this_runs_schedule():
+    # A cosine schedule past its warm-up: the LR at step 6 depends on trainer.steps, and the
+    # checkpoint's optimizer carries the rate its own run (10 steps) set. Extended to 40 steps
+    # and with another optim.lr, the resumed run must update at its own rate from the first step.
+    cosine = dataclasses.replace(cfg_with(), optim=OptimConfig(name="sgd", lr=0.05, schedule="cosine",
+                                                               warmup_steps=2, min_lr_ratio=0.1))
+    rep = replica(cosine)
+    for _ in range(6):
+        rep.optimizer.step()
+        rep.scheduler.step()
+    state = decode(encode(capture(6, rep, single_process(), cosine, {})))
+    longer = dataclasses.replace(cosine, optim=dataclasses.replace(cosine.optim, lr=0.02),
+                                 trainer=dataclasses.replace(cosine.trainer, steps=40))
+    again = replica(longer)
+    restore(state, again, single_process(), longer, "x")
+    expected = 0.02 * lr_factor(6, 40, longer.optim)
+    assert rep.optimizer.param_groups[0]["lr"] != pytest.approx(expected)  # the test can tell them apart
+    assert [g["lr"] for g in again.optimizer.param_groups] == pytest.approx([expected])
+    again.optimizer.step()
+    again.scheduler.step()
+    assert again.scheduler.get_last_lr() == pytest.approx([0.02 * lr_factor(7, 40, longer.optim)])
