@@ -2,7 +2,8 @@
 
 - quick (pure, in-process): ``unit``, ``kernels`` (Triton's CPU interpreter), ``docs``;
 - ``slow`` (they start processes): ``cli``, ``packaging``, ``gloo`` (also ``gloo``), ``mpi``
-  (also ``mpi``), ``compile`` (every Triton kernel compiled for Hopper and Ampere, no GPU needed);
+  (also ``mpi``), ``compile`` (every Triton kernel compiled for Hopper and Ampere, no GPU needed),
+  ``cluster`` (also ``cluster``: nodes made of network namespaces, root only, skipped otherwise);
 - ``gpu``: run only where CUDA is visible (the device machine); CI has none.
 
 ``bash tests/run.sh -m "not slow"`` is the quick tier; ``bash tests/run.sh`` runs everything.
@@ -26,7 +27,7 @@ TESTS = Path(__file__).resolve().parent
 FOLDER_MARKS = {
     "unit": (), "kernels": (), "docs": (),
     "cli": ("slow",), "packaging": ("slow",), "gloo": ("gloo", "slow"), "mpi": ("mpi", "slow"),
-    "compile": ("slow",),
+    "compile": ("slow",), "cluster": ("cluster", "slow"),
     "gpu": ("gpu",),
 }
 

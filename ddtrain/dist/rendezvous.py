@@ -8,10 +8,14 @@ single process never needs MPI installed.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
+import os
 import socket
 from typing import Any
 
 from ddtrain.dist.env import LaunchEnv
+
+log = logging.getLogger(__name__)
 
 
 class RendezvousError(RuntimeError):
@@ -38,16 +42,27 @@ def loopback_interface() -> str:
     return "lo"
 
 
-def host_address(env: LaunchEnv, resolve=socket.getaddrinfo, route_probe=None) -> str:
+def host_address(env: LaunchEnv, resolve=socket.getaddrinfo, route_probe=None, *, ifname: str | None = None,
+                 iface_address=None) -> str:
     """An address of this host that other nodes can reach (rank 0 serves the store there).
 
-    The hostname's own address comes first, but Debian and Ubuntu map the hostname to 127.0.1.1
-    in /etc/hosts, which no other node can reach; so loopback answers are passed over for the
-    address of the interface the default route leaves by. ``resolve``/``route_probe`` are
-    injectable for tests.
+    ``ifname`` (GLOO_SOCKET_IFNAME) first: the user named the interface the ranks talk over, and
+    on a node with several networks the hostname may resolve to another one (a management
+    network the other ranks' traffic must not take, or cannot reach). Else the hostname's own
+    address, but Debian and Ubuntu map the hostname to 127.0.1.1 in /etc/hosts, which no other
+    node can reach; so loopback answers are passed over for the address of the interface the
+    default route leaves by. ``resolve``/``route_probe``/``iface_address`` are injectable for tests.
     """
     if env.single_host:
         return "127.0.0.1"
+    if ifname:
+        name = ifname.split(",")[0].strip()
+        addr = (iface_address or interface_address)(name)
+        if addr is None:
+            raise RendezvousError(
+                f"GLOO_SOCKET_IFNAME={ifname} names no interface with an IPv4 address on this node; fix: "
+                f"set it to an interface 'ip -br addr' lists on every node (e.g. eth0, ib0), or unset it")
+        return addr
     try:
         found = [info[4][0] for info in resolve(socket.gethostname(), None, socket.AF_INET)]
     except OSError:
@@ -60,8 +75,23 @@ def host_address(env: LaunchEnv, resolve=socket.getaddrinfo, route_probe=None) -
         return addr
     raise RendezvousError(
         f"this host's name resolves only to loopback ({', '.join(found) or 'nothing'}) and no routed "
-        "interface was found, so other nodes cannot reach rank 0; fix /etc/hosts, or export "
-        "MASTER_ADDR (an address of rank 0's node) and MASTER_PORT on every rank")
+        "interface was found, so other nodes cannot reach rank 0; fix /etc/hosts, set "
+        "GLOO_SOCKET_IFNAME to the interface the nodes share, or export MASTER_ADDR (an address of "
+        "rank 0's node) and MASTER_PORT on every rank")
+
+
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of interface ``name``, or None (no such interface, or no IPv4 on it)."""
+    import fcntl
+    import struct
+
+    siocgifaddr = 0x8915  # linux/sockios.h
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])
 
 
 def _default_route_address() -> str | None:
@@ -117,10 +147,12 @@ def rendezvous(env: LaunchEnv, timeout_s: float):
             "MASTER_ADDR and MASTER_PORT, or launch with mpirun / torchrun"
         )
     if env.is_main:
-        addr = host_address(env)
+        addr = host_address(env, ifname=os.environ.get("GLOO_SOCKET_IFNAME"))
         # wait_for_workers=False: the workers learn the port only after this returns.
         store = TCPStore(addr, 0, env.world_size, True, timeout=timeout,
                          wait_for_workers=False, use_libuv=True)
+        log.info("rendezvous: rank 0 serves the store at %s:%d for %d ranks", addr, store.port,
+                 env.world_size)
         mpi_bcast((addr, store.port))
         return store
     addr, port = mpi_bcast(None)

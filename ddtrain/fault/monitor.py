@@ -311,7 +311,7 @@ def start_monitor(ctx, timeout_s: float, on_lost: Callable[[int, str], None] | N
     """The monitor of this rank (a no-op on one process). Rank 0 serves; the others join.
 
     Rank 0 listens on every interface on a multi-host job and publishes the address the other
-    ranks already reach it by (the launcher's MASTER_ADDR, else its host name's address).
+    ranks already reach it by (the launcher's MASTER_ADDR, else the address the store is served at).
     """
     if ctx.world_size == 1 or ctx.store is None:
         return NullMonitor()
@@ -320,7 +320,8 @@ def start_monitor(ctx, timeout_s: float, on_lost: Callable[[int, str], None] | N
     monitor = PeerMonitor(ctx.rank, ctx.world_size, timeout_s, on_lost or exit_on_loss(ctx.rank))
     if ctx.is_main:
         single = ctx.env.single_host
-        host = "127.0.0.1" if single else (ctx.env.master_addr or host_address(ctx.env))
+        host = "127.0.0.1" if single else (
+            ctx.env.master_addr or host_address(ctx.env, ifname=os.environ.get("GLOO_SOCKET_IFNAME")))
         monitor.serve(ctx.store, host, "127.0.0.1" if single else "")
     else:
         monitor.join(ctx.store)

@@ -410,3 +410,17 @@ def test_host_address_without_any_reachable_address_says_how_to_fix_it():
     with pytest.raises(RendezvousError, match=r"only to loopback \(127.0.1.1\).*export MASTER_ADDR"):
         host_address(multi, _resolver("127.0.1.1"), lambda: None)
     assert host_address(LaunchEnv(world_size=2, local_world_size=2)) == "127.0.0.1"
+
+
+def test_host_address_is_the_interface_gloo_is_told_to_use():
+    from ddtrain.dist.rendezvous import RendezvousError, host_address, interface_address
+
+    multi = LaunchEnv(world_size=4, local_world_size=2)
+    addrs = {"ib0": "192.168.50.3", "eth0": "10.0.0.7"}
+    # The hostname resolves to the management network; GLOO_SOCKET_IFNAME=ib0 says where ranks meet.
+    for ifname in ("ib0", "ib0,eth0"):
+        found = host_address(multi, _resolver("10.0.0.7"), ifname=ifname, iface_address=addrs.get)
+        assert found == "192.168.50.3"
+    with pytest.raises(RendezvousError, match="GLOO_SOCKET_IFNAME=wlan0 names no interface with an IPv4"):
+        host_address(multi, _resolver("10.0.0.7"), ifname="wlan0", iface_address=addrs.get)
+    assert interface_address("lo") == "127.0.0.1" and interface_address("no-such-if0") is None

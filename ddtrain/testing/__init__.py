@@ -1,0 +1,1 @@
+"""Tools for testing ddtrain where a real cluster is out of reach."""

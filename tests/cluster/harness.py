@@ -1,0 +1,58 @@
+"""Clusters of network namespaces for tests: build one, run commands on its nodes, remove it.
+
+Each cluster has a name of its own (the test process's id and a counter), so tests running in
+parallel never share namespaces, and every cluster is removed when its fixture ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+
+import pytest
+
+from ddtrain.testing import netns
+from tests.cli_helpers import clean_env
+
+_count = itertools.count()
+NODE_ENV = {"GLOO_SOCKET_IFNAME": netns.IFACE}
+
+
+def unavailable() -> str | None:
+    """Why no cluster can be built here (the skip reason), or None."""
+    try:
+        netns.check_host()
+    except netns.ClusterError as e:
+        return str(e)
+    return None
+
+
+def build(nodes: int, *, rate: str = "none", slots: int = 1) -> netns.Cluster:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = netns.Cluster(f"ddtt{os.getpid()}x{next(_count)}", nodes, rate, netns.DEFAULT_SUBNET, slots)
+    netns.up(cluster)
+    return cluster
+
+
+def node_argv(cluster: netns.Cluster, node: str, argv: list[str]) -> list[str]:
+    return netns.exec_argv(cluster, node, argv)
+
+
+def node_env(cluster: netns.Cluster, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a user's shell on a node would export: this venv's environment, Gloo on eth0."""
+    return netns.exec_env(cluster, {**clean_env(), **NODE_ENV, **(extra or {})})
+
+
+def run_on(cluster: netns.Cluster, node: str, argv: list[str], *, timeout: float = 300,
+           env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(node_argv(cluster, node, argv), env=node_env(cluster, env), capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+
+
+def start_on(cluster: netns.Cluster, node: str, argv: list[str], *, env: dict[str, str] | None = None,
+             cwd=None) -> subprocess.Popen:
+    return subprocess.Popen(node_argv(cluster, node, argv), env=node_env(cluster, env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
