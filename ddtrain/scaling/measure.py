@@ -151,8 +151,12 @@ class TrainingRuns:
 
         Shared machines drift, so runs of different sizes are interleaved and their steps
         pooled: drift then hits every size alike instead of whichever ran during a slow spell.
+        The jitter (``cv``) is each run's own spread, the median over runs: a synchronous step
+        waits for the slowest worker of that step, while load that shifts between runs slows
+        every worker alike and is no straggling.
         """
         pooled: dict[tuple[str, int], dict[str, list[float]]] = {}
+        cvs: dict[tuple[str, int], list[float]] = {}
         order = [(mode, n) for mode in self.scale.modes for n in self.scale.world_sizes]
         for r in range(self.scale.repeats):
             for mode, n in order if r % 2 == 0 else order[::-1]:
@@ -160,10 +164,13 @@ class TrainingRuns:
                 log.info("measuring %s scaling at %d worker(s), batch %d per worker (pass %d/%d) ...",
                          mode, n, batch, r + 1, self.scale.repeats)
                 run = self.measure(mode, n, batch, r)
-                self._record(mode, n, batch, r, summarise(run))
+                summary = summarise(run)
+                self._record(mode, n, batch, r, summary)
+                cvs.setdefault((mode, n), []).append(summary["cv"])
                 for key, values in run.items():
                     pooled.setdefault((mode, n), {}).setdefault(key, []).extend(values)
-        return {key: summarise(per_step) for key, per_step in pooled.items()}
+        return {key: {**summarise(per_step), "cv": statistics.median(cvs[key])}
+                for key, per_step in pooled.items()}
 
     def _record(self, mode: str, n: int, batch: int, repeat: int, summary: dict) -> None:
         """Log one run's summary and append it to measurements.jsonl, which keeps every finished

@@ -142,9 +142,11 @@ def model_cluster(study: Study, fit: dict | None) -> Cluster:
     scale, machine = study.scale, study.machine
     n_max = max(scale.world_sizes)
     local = local_cluster(study.cluster, fit, n_max)
-    if machine.cuda or scale.hostfile:
-        return local  # workers with a GPU each, or on several hosts, do not share compute
-    # CPU workers on one node share its cores, memory bandwidth and caches.
+    if machine.cuda:
+        return local  # workers with a GPU each do not share compute
+    # CPU workers on one node share its cores, memory bandwidth and caches. The probe is launched
+    # as the jobs are (with scale.hostfile, across the same nodes, in the same placement), so it
+    # measures what the workers of a node do to each other wherever they run.
     log.info("measuring node sharing: %d concurrent one-worker profiles vs one ...", n_max)
     slowdown = measure_node_slowdown(study.cfg, study.launcher, n_max, study.cfg.data.batch_size,
                                      machine.threads, study.study_dir, scale.repeats)

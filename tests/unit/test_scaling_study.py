@@ -147,6 +147,9 @@ def test_repeated_runs_are_interleaved_and_their_steps_pooled(monkeypatch, tmp_p
     assert launched == ["weak-n1-r0", "weak-n2-r0", "weak-n2-r1", "weak-n1-r1"]
     assert pooled[("weak", 1)]["per_step"]["step_time_s"] == [1.0, 1.0, 1.0, 4.0, 4.0, 4.0]
     assert pooled[("weak", 2)]["per_step"]["step_time_s"] == [2.0, 2.0, 2.0, 3.0, 3.0, 3.0]
+    # Each run is steady on its own: the runs' shift (1 s against 4 s) is drift, not jitter.
+    one = pooled[("weak", 1)]
+    assert one["cv"] == 0.0 and robust_cv(one["per_step"]["step_time_s"]) > 0.5
     passes = [json.loads(line)["pass"] for line in (tmp_path / "study" / "measurements.jsonl").open()]
     assert passes == [0, 0, 1, 1]  # every finished run is recorded
 
