@@ -67,6 +67,8 @@ class ScaleConfig:
     # A cluster description of one's own (YAML, the keys of a configs/cluster/ preset); it
     # replaces the cluster section. Relative to the directory ddtrain-scale starts in.
     cluster_file: str = ""
+    # Write the cluster this study calibrated (its nodes, links and jitter) as a preset YAML here.
+    write_cluster: str = ""
     # A one-worker rate on the cluster's device to predict from, instead of this machine's
     # profile carried there at its fraction of peak.
     given: GivenRate = field(default_factory=GivenRate)
@@ -259,6 +261,12 @@ def parse_study(raw: Mapping[str, Any], cwd: Path | None = None) -> tuple[TrainC
             "scale.predict_only=true needs a cluster preset to predict for (e.g. cluster=dgx_h100); "
             "cluster=local is calibrated from measured runs"
         )
+    if scale.write_cluster and (scale.predict_only or cluster.device):
+        raise ConfigError(
+            f"scale.write_cluster={scale.write_cluster} writes the cluster a study calibrates from its own "
+            "runs, but this study models a preset (cluster.device set) or measures nothing "
+            "(scale.predict_only); fix: run it with the default cluster=local and measured sizes, e.g. "
+            "scale.world_sizes=[1,2] scale.hostfile=hosts")
     if scale.given.given and not cluster.device:
         raise ConfigError("scale.given is one worker's rate on the cluster's GPU, and this cluster is the "
                           "machine the study runs on; pick a preset (e.g. cluster=dgx_h100) or measure here")

@@ -183,14 +183,15 @@ class TrainingRuns:
                                 **{k: v for k, v in summary.items() if k != "per_step"}}) + "\n")
 
 
-def calibrate_allreduce(scale: ScaleConfig, launcher: Launcher, n: int, study_dir: Path, device: str) -> dict:
+def calibrate_allreduce(scale: ScaleConfig, launcher: Launcher, n: int, study_dir: Path, device: str,
+                        name: str = "allreduce") -> dict:
     """The all-reduce's latency and bus bandwidth at ``n`` workers, fitted by a launched
-    ``ddtrain.perf.allreduce`` job."""
-    out = study_dir / "allreduce.json"
+    ``ddtrain.perf.allreduce`` job (its results in ``<name>.json``)."""
+    out = study_dir / f"{name}.json"
     max_bytes = int(scale.allreduce_max_mb * 1024 * 1024)
     program = [sys.executable, "-m", "ddtrain.perf.allreduce", f"--max-bytes={max_bytes}", f"--out={out}",
                f"--device={device}", "--budget-s=0.2"]
-    launcher.run(n, program, study_dir / "allreduce.log", f"the all-reduce calibration at {n} workers")
+    launcher.run(n, program, study_dir / f"{name}.log", f"the all-reduce calibration at {n} workers")
     return json.loads(out.read_text())
 
 

@@ -21,7 +21,9 @@ import torch
 
 from ddtrain.config import TrainConfig
 from ddtrain.launcher.cores import usable_cpus
+from ddtrain.launcher.hostfile import HostfileError, ranks_per_node, read_hostfile
 from ddtrain.perf.peak import Peak, datasheet_peak_for, match_device, resolve_peak
+from ddtrain.scaling.cluster_file import cluster_yaml, write_cluster_file
 from ddtrain.scaling.config import ScaleConfig
 from ddtrain.scaling.measure import (
     Launcher,
@@ -45,6 +47,13 @@ class Machine:
     cpus: int
     threads: int  # intra-op threads per worker; 0 on GPUs (the trainer's own choice)
     peak: Peak
+    # Ranks per node from scale.hostfile (the first node's; mpirun fills nodes in order), or
+    # None: every worker runs on this machine.
+    node_ranks: int | None = None
+
+    def ranks_on_a_node(self, n: int) -> int:
+        """How many of ``n`` workers share the busiest node."""
+        return n if self.node_ranks is None else min(n, self.node_ranks)
 
     @property
     def cuda(self) -> bool:
@@ -57,14 +66,32 @@ def setup_machine(cfg: TrainConfig, scale: ScaleConfig) -> Machine:
     cuda = torch.cuda.is_available() and cfg.trainer.device != "cpu"
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     cpus = usable_cpus()
-    # On CPU a "worker" is a fixed share of cores, the same at every size; otherwise the one-rank
-    # run would get all cores and every multi-rank run would look inefficient by construction.
-    threads = 0 if cuda else (scale.threads_per_rank or max(1, cpus // max(scale.world_sizes)))
+    node_ranks = node_ranks_of(scale)
+    sharing = max(scale.world_sizes) if node_ranks is None else min(node_ranks, max(scale.world_sizes))
+    # On CPU a "worker" is a fixed share of a node's cores, the same at every size; otherwise the
+    # one-rank run would get all cores and every multi-rank run would look inefficient by
+    # construction. With a hostfile, the nodes are taken to have this node's cores.
+    threads = 0 if cuda else (scale.threads_per_rank or max(1, cpus // sharing))
     if threads:
         torch.set_num_threads(threads)
     peak = resolve_peak(device, cfg.trainer.precision, scale.peak)
     log.info("peak per worker: %s [%s]", peak.label, peak.source)
-    return Machine(device, cpus, threads, peak)
+    return Machine(device, cpus, threads, peak, node_ranks)
+
+
+def node_ranks_of(scale: ScaleConfig) -> int | None:
+    """Ranks per node of ``scale.hostfile`` (None without one); a study error if it is unreadable
+    or too small for the largest size."""
+    if not scale.hostfile:
+        return None
+    try:
+        nodes = read_hostfile(scale.hostfile)
+        placed = ranks_per_node(nodes, max(scale.world_sizes))
+    except HostfileError as e:
+        raise StudyError(f"scale.hostfile: {e}") from None
+    log.info("hostfile %s: %d node(s); %d workers fill %s rank(s) per node", scale.hostfile, len(nodes),
+             max(scale.world_sizes), "+".join(map(str, placed)))
+    return placed[0]
 
 
 def fixed_batches(cfg: TrainConfig, scale: ScaleConfig) -> dict[str, int]:
@@ -110,26 +137,54 @@ def measure(study: Study) -> dict[tuple[str, int], dict]:
 
 
 def calibrate_network(study: Study) -> dict | None:
-    """The all-reduce fitted on this machine at the largest measured size; None when nothing
-    is measured or only one worker is."""
-    scale = study.scale
+    """The all-reduce fitted on this machine at the largest measured size (``fit``), and, when
+    that size spans nodes that hold several workers each, inside one node too (``inside``);
+    None when nothing is measured or only one worker is."""
+    scale, machine = study.scale, study.machine
     n_max = max(scale.world_sizes)
     if scale.predict_only or n_max == 1:
         return None
     log.info("calibrating all-reduce at %d workers (1 KiB .. %g MiB) ...", n_max, scale.allreduce_max_mb)
-    fit = calibrate_allreduce(scale, study.launcher, n_max, study.study_dir, study.machine.device.type)
-    log.info("  alpha %.1f us, bus bandwidth %.3f GB/s", (fit["fit"]["alpha_s"] or 0) * 1e6,
-             fit["fit"]["bus_bw_GBps"] or float("nan"))
+    fit = calibrate_allreduce(scale, study.launcher, n_max, study.study_dir, machine.device.type)
+    _log_fit(fit)
+    g = machine.ranks_on_a_node(n_max)
+    if machine.node_ranks is not None and 1 < g < n_max:
+        log.info("calibrating all-reduce inside one node, %d workers ...", g)
+        fit["inside"] = calibrate_allreduce(scale, study.launcher, g, study.study_dir, machine.device.type,
+                                            name="allreduce_node")["fit"]
+        _log_fit({"fit": fit["inside"]})
     return fit
 
 
-def local_cluster(base: Cluster, fit: dict, n: int) -> Cluster:
-    """This machine as a cluster: the fitted bus bandwidth, and the fitted per-call latency
-    spread over the ring's 2(n-1) steps so the ring formula reproduces it at n."""
-    bw = fit["fit"]["bus_bw_GBps"] or base.intra_bw_GBps
-    step_lat = (fit["fit"]["alpha_s"] or 0.0) / (2 * (n - 1)) * 1e6
-    return replace(base, intra_bw_GBps=bw, inter_bw_GBps=bw, intra_latency_us=step_lat,
-                   inter_latency_us=step_lat)
+def _log_fit(fit: dict) -> None:
+    log.info("  alpha %.1f us, bus bandwidth %.3f GB/s", (fit["fit"]["alpha_s"] or 0) * 1e6,
+             fit["fit"]["bus_bw_GBps"] or float("nan"))
+
+
+def _fitted(fit: dict, n: int, base: Cluster) -> tuple[float, float]:
+    """(bus bandwidth GB/s, latency per ring step in us) of an all-reduce fit at ``n`` workers:
+    the fitted per-call latency spread over the ring's 2(n-1) steps, so that the ring formula
+    reproduces the fit at n."""
+    return fit["bus_bw_GBps"] or base.intra_bw_GBps, (fit["alpha_s"] or 0.0) / (2 * (n - 1)) * 1e6
+
+
+def local_cluster(base: Cluster, fit: dict, n: int, node_ranks: int | None = None) -> Cluster:
+    """This machine (or the hostfile's nodes) as a cluster, from the all-reduce fits.
+
+    Without a hostfile, or when all ``n`` workers fit on one node, one fit serves both levels.
+    Across nodes the fit at ``n`` gives the network, and the fit inside one node (``fit["inside"]``)
+    the node's own links; a node of one worker has none, so its links are the network's."""
+    bw, lat = _fitted(fit["fit"], n, base)
+    if node_ranks is None or node_ranks >= n:
+        g = base.gpus_per_node if node_ranks is None else node_ranks
+        return replace(base, gpus_per_node=g, intra_bw_GBps=bw, inter_bw_GBps=bw, intra_latency_us=lat,
+                       inter_latency_us=lat)
+    inside = fit.get("inside")
+    intra_bw, intra_lat = _fitted(inside, node_ranks, base) if inside and node_ranks > 1 else (bw, lat)
+    return replace(base, gpus_per_node=node_ranks, intra_bw_GBps=intra_bw, intra_latency_us=intra_lat,
+                   inter_bw_GBps=bw, inter_latency_us=lat,
+                   description=f"the hostfile's nodes, {node_ranks} worker(s) each, calibrated by the "
+                               "all-reduce microbenchmark")
 
 
 def model_cluster(study: Study, fit: dict | None) -> Cluster:
@@ -141,7 +196,7 @@ def model_cluster(study: Study, fit: dict | None) -> Cluster:
                          "(e.g. scale.world_sizes=[1,2]) or pick a preset such as cluster=dgx_h100")
     scale, machine = study.scale, study.machine
     n_max = max(scale.world_sizes)
-    local = local_cluster(study.cluster, fit, n_max)
+    local = local_cluster(study.cluster, fit, n_max, machine.node_ranks)
     if machine.cuda:
         return local  # workers with a GPU each do not share compute
     # CPU workers on one node share its cores, memory bandwidth and caches. The probe is launched
@@ -194,8 +249,9 @@ def model_inputs(study: Study, measured: dict[tuple[str, int], dict], fit: dict 
     device_model, why = device_model_for(study)
     peak, transfer = predicted_peak(study, device_model)
     machine = study.machine
+    sharing = machine.ranks_on_a_node(max(study.scale.world_sizes))
     no_spare_core = (not machine.cuda and not study.cluster.device
-                     and machine.threads * max(study.scale.world_sizes) >= machine.cpus)
+                     and machine.threads * sharing >= machine.cpus)
     profiles = Profiles(study.cfg, machine.device, study.batches, measured, transfer=transfer,
                         overlap=not no_spare_core, given=study.scale.given,
                         roofline_device=cluster.device if device_model == "roofline" else "")
@@ -222,6 +278,7 @@ def study_meta(study: Study, model: ModelInputs, errors: dict[str, float]) -> di
         "compute_transfer_factor": model.transfer,
         "cluster": asdict(model.cluster), "scale": asdict(study.scale), "train_overrides": study.overrides,
         "allreduce_fit": model.fit["fit"] if model.fit else None,
+        "allreduce_fit_inside_node": model.fit.get("inside") if model.fit else None,
         "profiles": {str(b): asdict(p) for b, p in model.profiles.by_batch.items()},
         "predicted_over_measured_step_time_minus_1": errors,
         "jitter": jitter_used(model),
@@ -316,4 +373,22 @@ def run_study(cfg: TrainConfig, scale: ScaleConfig, cluster: Cluster, study_dir:
     rows = study_rows(scale, model.profiles, model.cluster, model.peak, study.machine.peak)
     errors = {} if cluster.device else model_error(rows)
     meta = study_meta(study, model, errors)
+    if scale.write_cluster:
+        write_calibrated_cluster(study, model, meta)
     return report(study, rows, meta, per_step_by_run(scale, measured), model.cluster.name)
+
+
+def write_calibrated_cluster(study: Study, model: ModelInputs, meta: dict) -> Path:
+    """``scale.write_cluster``: the calibrated cluster as a preset file, for predicting these
+    nodes at sizes they do not have (``scale.cluster_file`` or ``configs/cluster/``)."""
+    path = Path(study.scale.write_cluster)
+    device = (match_device(torch.cuda.get_device_name(0)) or "") if study.machine.cuda else ""
+    cvs = meta["jitter"]["cv_by_batch"]
+    cv = cvs.get(str(study.batches[study.scale.modes[0]]))
+    text = cluster_yaml(model.cluster, name=path.stem, device=device, cv=cv,
+                        provenance=f"{meta['command']} on {meta['host']}, {meta['date']}",
+                        inside_measured=bool(model.fit and model.fit.get("inside")))
+    written = write_cluster_file(path, text)
+    log.info("cluster written: %s (use it with scale.cluster_file=%s, or copy it into configs/cluster/)",
+             written, written)
+    return written

@@ -66,3 +66,4 @@ def test_a_public_subnet_or_too_many_nodes_is_refused_before_anything_is_built()
         netns.up(netns.Cluster("ddtx", 2, "none", "8.8.8.0/24", 1))
     with pytest.raises(netns.ClusterError, match="choose 1 to 64"):
         netns.up(netns.Cluster("ddtx", 0, "none", "10.213.7.0/24", 1))
+
