@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from statistics import NormalDist
 
@@ -124,8 +125,40 @@ class Cluster:
                 raise ValueError(f"cluster.{key}={getattr(self, key)!r} must be >= 0")
 
 
-def allreduce_time(nbytes: float, n: int, c: Cluster) -> float:
+@dataclass(frozen=True)
+class MeasuredAllReduce:
+    """All-reduce times measured on the cluster itself at one world size, used at that size in
+    place of the formula below.
+
+    Two parameters cannot follow every regime of a real link: a rate-limited link passes small
+    messages at burst speed and large ones at its rate, so a latency-bandwidth fit over all
+    sizes misses the gradient buckets' sizes in between (on a 1 Gbit/s link, by a third).
+    Between measured sizes the time is interpolated in log-log; beyond the largest it grows in
+    proportion to size (the bandwidth regime). ``bus_bw_GBps`` is the cluster's bandwidth at
+    the time: a cluster with other links (the sensitivity rows) scales the times by the ratio.
+    """
+
+    n: int
+    points: tuple[tuple[float, float], ...]  # (bytes, seconds), sizes ascending
+    bus_bw_GBps: float
+
+    def time(self, nbytes: float) -> float:
+        sizes = [s for s, _ in self.points]
+        times = [t for _, t in self.points]
+        if nbytes <= sizes[0]:
+            return times[0]
+        if nbytes >= sizes[-1]:
+            return times[-1] * nbytes / sizes[-1]
+        i = next(k for k in range(1, len(sizes)) if sizes[k] >= nbytes)
+        f = math.log(nbytes / sizes[i - 1]) / math.log(sizes[i] / sizes[i - 1])
+        return math.exp(math.log(times[i - 1]) + f * math.log(times[i] / times[i - 1]))
+
+
+def allreduce_time(nbytes: float, n: int, c: Cluster, measured: MeasuredAllReduce | None = None) -> float:
     """Seconds for one all-reduce of ``nbytes`` over ``n`` workers on cluster ``c``.
+
+    measured: times measured at ``n`` on this cluster (``MeasuredAllReduce``), used instead of
+        the formulas, plus ``overhead_us``.
 
     ring: 2(n-1) steps, each moving nbytes/n; every step waits for the slowest hop, so across
         nodes a step costs the inter-node latency. Bandwidth: a ring crosses each node boundary
@@ -140,6 +173,9 @@ def allreduce_time(nbytes: float, n: int, c: Cluster) -> float:
         return 0.0
     g = min(c.gpus_per_node, n)
     nodes = math.ceil(n / c.gpus_per_node)
+    if measured is not None and measured.n == n:
+        bw = c.inter_bw_GBps if nodes > 1 else c.intra_bw_GBps
+        return measured.time(nbytes) * measured.bus_bw_GBps / bw + c.overhead_us * 1e-6
     intra_bw, inter_bw = c.intra_bw_GBps * 1e9, c.inter_bw_GBps * 1e9
     lat_intra, lat_inter = c.intra_latency_us * 1e-6, c.inter_latency_us * 1e-6
     traffic = 2 * (n - 1) / n * nbytes  # bytes each worker sends (and receives)
@@ -173,10 +209,18 @@ class StepPrediction:
     comm_s: float  # all all-reduces, end to end, if nothing overlapped
     comm_exposed_s: float  # the part that did not hide behind backward
     straggler: float
+    own_compute_s: float = 0.0  # forward + backward of one rank, without waiting for the slowest
 
     @property
     def comm_hidden_frac(self) -> float:
         return 1.0 - self.comm_exposed_s / self.comm_s if self.comm_s > 0 else 1.0
+
+    @property
+    def rank_exposed_s(self) -> float:
+        """Exposed communication as one rank measures it (from the end of its backward to the
+        end of the last all-reduce): the collectives cannot finish before the slowest rank joins,
+        so it holds that rank's lead over the slowest besides what did not hide."""
+        return self.comm_exposed_s + (self.compute_s - self.own_compute_s)
 
 
 def jitter(p: Profile, c: Cluster) -> float:
@@ -200,20 +244,23 @@ def varied_clusters(p: Profile, c: Cluster) -> dict[str, Cluster]:
             "links_minus_20pct": links(0.8), "links_plus_20pct": links(1.2)}
 
 
-def predict_step(p: Profile, c: Cluster, n: int) -> StepPrediction:
+def predict_step(p: Profile, c: Cluster, n: int,
+                 measured: Mapping[int, MeasuredAllReduce] | None = None) -> StepPrediction:
+    """One step at ``n`` workers; ``measured``: all-reduce times measured on ``c``, by world size."""
     cv = jitter(p, c)
-    s = straggler_factor(n, cv) * (c.node_slowdown if n > 1 else 1.0)
+    sharing = c.node_slowdown if n > 1 else 1.0
+    s = straggler_factor(n, cv) * sharing
     fwd, bwd = s * p.forward_s, s * p.backward_s
     end = 0.0
     comm = 0.0
     for b in p.buckets:
-        t = allreduce_time(b.nbytes, n, c)
+        t = allreduce_time(b.nbytes, n, c, (measured or {}).get(n))
         ready = fwd + (b.ready * bwd if p.overlap else bwd)
         end = max(end, ready) + t
         comm += t
     exposed = max(0.0, end - (fwd + bwd)) if p.buckets and n > 1 else 0.0
     step = p.data_s + fwd + bwd + exposed + p.optimizer_s
-    return StepPrediction(n, step, fwd + bwd, comm, exposed, s)
+    return StepPrediction(n, step, fwd + bwd, comm, exposed, s, sharing * p.compute_s)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ measured here, with throughput, speedup, efficiency and fraction of peak from on
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -15,7 +16,14 @@ from ddtrain.perf.peak import Peak
 from ddtrain.scaling.config import GivenRate, ScaleConfig
 from ddtrain.scaling.device_model import RooflineProfile, roofline_profile
 from ddtrain.scaling.measure import StudyError, per_worker_batch
-from ddtrain.scaling.model import SENSITIVITY, Cluster, Profile, predict_step, varied_clusters
+from ddtrain.scaling.model import (
+    SENSITIVITY,
+    Cluster,
+    MeasuredAllReduce,
+    Profile,
+    predict_step,
+    varied_clusters,
+)
 from ddtrain.scaling.profile import profile_worker
 
 log = logging.getLogger("ddtrain")
@@ -146,7 +154,7 @@ def from_measured_run(p: Profile, run: dict) -> Profile:
 
 
 def predicted_points(scale: ScaleConfig, mode: str, profiles: Profiles, cluster: Cluster,
-                     peak: Peak) -> list[Point]:
+                     peak: Peak, measured: Mapping[int, MeasuredAllReduce] | None = None) -> list[Point]:
     """The model's step at every size to predict; sizes a strong global batch does not split
     over are left out."""
     global_batch = profiles.fixed_batches[mode]
@@ -160,19 +168,19 @@ def predicted_points(scale: ScaleConfig, mode: str, profiles: Profiles, cluster:
     node_rate = None
     if node is not None and node <= max(sizes) and (mode == "weak" or global_batch % node == 0):
         node_batch = per_worker_batch(profiles.fixed_batches, mode, node)
-        node_step = predict_step(profiles.profile(node_batch, mode), cluster, node).step_s
+        node_step = predict_step(profiles.profile(node_batch, mode), cluster, node, measured).step_s
         node_rate = node * node_batch / node_step
     points = []
     for n in sizes:
         batch = per_worker_batch(profiles.fixed_batches, mode, n)
         profile = profiles.profile(batch, mode)
-        pred = predict_step(profile, cluster, n)
-        varied = {key: predict_step(profile, c, n).step_s
+        pred = predict_step(profile, cluster, n, measured)
+        varied = {key: predict_step(profile, c, n, measured).step_s
                   for key, c in varied_clusters(profile, cluster).items()}
         points.append(Point(mode=mode, kind="predicted", world_size=n, batch_per_worker=batch,
                             step_time_s=pred.step_s, one_worker_rate=one_worker_batch / one_worker_step,
                             flops_per_sample=base.flops_per_sample, peak=peak, cluster=cluster.name,
-                            compute_s=pred.compute_s, comm_exposed_s=pred.comm_exposed_s,
+                            compute_s=pred.own_compute_s, comm_exposed_s=pred.rank_exposed_s,
                             comm_total_s=pred.comm_s, node_size=node, one_node_rate=node_rate,
                             varied_step_s=varied))
     return points
@@ -199,12 +207,13 @@ def measured_points(scale: ScaleConfig, mode: str, profiles: Profiles, flops_per
 
 
 def study_rows(scale: ScaleConfig, profiles: Profiles, cluster: Cluster, predicted_peak: Peak,
-               measured_peak: Peak) -> list[dict]:
+               measured_peak: Peak, measured: Mapping[int, MeasuredAllReduce] | None = None) -> list[dict]:
     """Every mode's predicted and measured rows, sorted by (mode, kind, world size). Both kinds
-    count a sample's FLOPs from the same one-worker profile."""
+    count a sample's FLOPs from the same one-worker profile; ``measured``: all-reduce times
+    measured on the cluster, by world size."""
     points = []
     for mode in scale.modes:
-        points += predicted_points(scale, mode, profiles, cluster, predicted_peak)
+        points += predicted_points(scale, mode, profiles, cluster, predicted_peak, measured)
         one_worker_batch = per_worker_batch(profiles.fixed_batches, mode, 1)
         flops = profiles.profile(one_worker_batch, mode).flops_per_sample
         points += measured_points(scale, mode, profiles, flops, measured_peak)

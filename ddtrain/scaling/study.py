@@ -32,7 +32,7 @@ from ddtrain.scaling.measure import (
     calibrate_allreduce,
     measure_node_slowdown,
 )
-from ddtrain.scaling.model import Cluster
+from ddtrain.scaling.model import Cluster, MeasuredAllReduce
 from ddtrain.scaling.report import format_sensitivity, format_table, write_report
 from ddtrain.scaling.rows import Profiles, model_error, study_rows
 
@@ -123,6 +123,7 @@ class ModelInputs:
     peak: Peak
     transfer: float
     fit: dict | None
+    measured: dict[int, MeasuredAllReduce]  # all-reduce times measured here, by world size
     profiles: Profiles
     device_model: str  # measured | roofline
     device_model_why: str
@@ -151,8 +152,8 @@ def calibrate_network(study: Study) -> dict | None:
     if machine.node_ranks is not None and 1 < g < n_max:
         log.info("calibrating all-reduce inside one node, %d workers ...", g)
         fit["inside"] = calibrate_allreduce(scale, study.launcher, g, study.study_dir, machine.device.type,
-                                            name="allreduce_node")["fit"]
-        _log_fit({"fit": fit["inside"]})
+                                            name="allreduce_node")
+        _log_fit(fit["inside"])
     return fit
 
 
@@ -180,11 +181,27 @@ def local_cluster(base: Cluster, fit: dict, n: int, node_ranks: int | None = Non
         return replace(base, gpus_per_node=g, intra_bw_GBps=bw, inter_bw_GBps=bw, intra_latency_us=lat,
                        inter_latency_us=lat)
     inside = fit.get("inside")
-    intra_bw, intra_lat = _fitted(inside, node_ranks, base) if inside and node_ranks > 1 else (bw, lat)
+    intra_bw, intra_lat = _fitted(inside["fit"], node_ranks, base) if inside and node_ranks > 1 else (bw, lat)
     return replace(base, gpus_per_node=node_ranks, intra_bw_GBps=intra_bw, intra_latency_us=intra_lat,
                    inter_bw_GBps=bw, inter_latency_us=lat,
                    description=f"the hostfile's nodes, {node_ranks} worker(s) each, calibrated by the "
                                "all-reduce microbenchmark")
+
+
+def measured_allreduces(cluster: Cluster, fit: dict | None) -> dict[int, MeasuredAllReduce]:
+    """The calibrations' measured times, by world size, for the model to use at those sizes;
+    none for a preset (its figures describe another cluster)."""
+    if fit is None or cluster.device:
+        return {}
+    out = {}
+    for run in (fit, fit.get("inside")):
+        if run is None:
+            continue
+        n = run["n"]
+        bw = cluster.inter_bw_GBps if n > cluster.gpus_per_node else cluster.intra_bw_GBps
+        points = tuple(sorted((r["size_bytes"], r["time_s"]) for r in run["rows"]))
+        out[n] = MeasuredAllReduce(n, points, bw)
+    return out
 
 
 def model_cluster(study: Study, fit: dict | None) -> Cluster:
@@ -256,7 +273,8 @@ def model_inputs(study: Study, measured: dict[tuple[str, int], dict], fit: dict 
                         overlap=not no_spare_core, given=study.scale.given,
                         roofline_device=cluster.device if device_model == "roofline" else "")
     log.info("device model for %s: %s (%s)", cluster.device or "this machine", device_model, why)
-    return ModelInputs(cluster, peak, transfer, fit, profiles, device_model, why)
+    return ModelInputs(cluster, peak, transfer, fit, measured_allreduces(cluster, fit), profiles,
+                       device_model, why)
 
 
 def per_step_by_run(scale: ScaleConfig, measured: dict[tuple[str, int], dict]) -> dict[str, dict]:
@@ -278,7 +296,7 @@ def study_meta(study: Study, model: ModelInputs, errors: dict[str, float]) -> di
         "compute_transfer_factor": model.transfer,
         "cluster": asdict(model.cluster), "scale": asdict(study.scale), "train_overrides": study.overrides,
         "allreduce_fit": model.fit["fit"] if model.fit else None,
-        "allreduce_fit_inside_node": model.fit.get("inside") if model.fit else None,
+        "allreduce_fit_inside_node": (model.fit or {}).get("inside", {}).get("fit"),
         "profiles": {str(b): asdict(p) for b, p in model.profiles.by_batch.items()},
         "predicted_over_measured_step_time_minus_1": errors,
         "jitter": jitter_used(model),
@@ -370,7 +388,8 @@ def run_study(cfg: TrainConfig, scale: ScaleConfig, cluster: Cluster, study_dir:
                   fixed_batches(cfg, scale))
     measured = measure(study)
     model = model_inputs(study, measured, calibrate_network(study))
-    rows = study_rows(scale, model.profiles, model.cluster, model.peak, study.machine.peak)
+    rows = study_rows(scale, model.profiles, model.cluster, model.peak, study.machine.peak,
+                      model.measured)
     errors = {} if cluster.device else model_error(rows)
     meta = study_meta(study, model, errors)
     if scale.write_cluster:

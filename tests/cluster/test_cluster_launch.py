@@ -4,6 +4,7 @@ through its ssh agent; Gloo and the rendezvous go over the nodes' own addresses.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from tests.cli_helpers import run_cli
 from tests.cluster.harness import run_on
 
 LAUNCH = console_script("ddtrain-launch")
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["model=mlp", "model.hidden=32", "model.layers=2", "data.image_size=8", "data.samples=512",
         "optim=sgd", "optim.lr=0.05", "optim.schedule=constant", "trainer.log_every=1",
         "trainer.progress=false", "tensorboard=false", "seed=3", "trainer.steps=6"]
@@ -42,3 +44,14 @@ def test_the_ranks_run_on_both_nodes_under_their_hostnames(cluster_factory):
                                      "--program", "hostname"], timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(proc.stdout.split()) == ["node1", "node1", "node2", "node2"]
+
+
+def test_the_multi_node_script_runs_unchanged_on_the_nodes(cluster_factory, tmp_path):
+    cluster = cluster_factory(2, slots=2)
+    run_dir = tmp_path / "script"
+    script = str(REPO / "launch" / "mpirun_multi_node.sh")
+    proc = run_on(cluster, "node1", ["bash", script, *TINY, "data.batch_size=4"],
+                  env={"HOSTFILE": str(cluster.hostfile), "IFACE": "eth0", "RUN_DIR": str(run_dir)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "-np 4 --hostfile" in proc.stderr and "-x GLOO_SOCKET_IFNAME" in proc.stderr
+    assert "4 ranks x batch 4" in proc.stderr and len(losses(run_dir)) == 6

@@ -22,7 +22,7 @@ INSIDE = {"alpha_s": 0.0002, "bus_bw_GBps": 0.9}  # 2 workers on one node
 
 
 def test_across_nodes_the_network_fit_and_inside_one_node_the_nodes_own():
-    c = local_cluster(LOCAL, {"fit": ACROSS, "inside": INSIDE}, 4, node_ranks=2)
+    c = local_cluster(LOCAL, {"fit": ACROSS, "inside": {"fit": INSIDE}}, 4, node_ranks=2)
     assert c.gpus_per_node == 2 and c.inter_bw_GBps == 0.0125 and c.intra_bw_GBps == 0.9
     # The ring formula gives back each fit at the size it was measured at.
     size = 8e6
@@ -37,7 +37,7 @@ def test_across_nodes_the_network_fit_and_inside_one_node_the_nodes_own():
 
 
 def test_the_written_preset_reads_back_as_the_calibrated_cluster(tmp_path):
-    c = dataclasses.replace(local_cluster(LOCAL, {"fit": ACROSS, "inside": INSIDE}, 4, node_ranks=2),
+    c = dataclasses.replace(local_cluster(LOCAL, {"fit": ACROSS, "inside": {"fit": INSIDE}}, 4, node_ranks=2),
                             node_slowdown=1.8)
     text = cluster_yaml(c, name="lab", device="h100_sxm", cv=0.021, provenance="ddtrain-scale ... on node1",
                         inside_measured=True)
