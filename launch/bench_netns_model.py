@@ -9,12 +9,14 @@ For every link rate and layout (nodes x ranks per node) it builds the cluster
 hostfile (one worker, and every rank of the layout), and prints, per measured point, the
 measured and predicted step time and exposed communication with the model's error, plus the
 all-reduce calibration's bus bandwidth against the link's nominal rate. Studies are kept under
-``--out``; ``--report-only`` reprints the table from them with the current model.
+``--out``; ``--report-only`` reprints the tables from them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -30,6 +32,21 @@ WORKLOADS = {
     "convnet": ["model=convnet", "data=synthetic", "data.batch_size=32"],
 }
 CLUSTER_NAME = "ddtbench"
+
+
+@contextlib.contextmanager
+def held(lock: Path | None):
+    """Hold an exclusive flock on ``lock`` (nothing when None): other timed work on the machine
+    waits while one study runs."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def layout(text: str) -> tuple[int, int]:
@@ -64,6 +81,13 @@ def rows_of(directory: Path) -> tuple[dict, dict[tuple[str, int], dict]]:
     return data["meta"], {(r["kind"], int(r["world_size"])): r for r in data["rows"]}
 
 
+def run_spread(directory: Path, n: int) -> str:
+    """The step-time medians of the runs at ``n`` workers (the repeats), lowest to highest."""
+    runs = [json.loads(line) for line in (directory / "measurements.jsonl").read_text().splitlines()]
+    medians = sorted(r["step_time_s"] * 1e3 for r in runs if r["world_size"] == n)
+    return ", ".join(f"{m:.0f}" for m in medians)
+
+
 def error(pred: float | None, meas: float | None) -> str:
     if pred is None or meas is None or meas <= 0:
         return "-"
@@ -71,11 +95,11 @@ def error(pred: float | None, meas: float | None) -> str:
 
 
 def report(out: Path, rates: list[str], layouts: list[str], workloads: list[str]) -> str:
-    lines = ["| link | layout | workload | N | step measured (ms) | step predicted (ms) | error | "
-             "exposed comm measured (ms) | predicted (ms) | error |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    links = ["| link | layout | all-reduce busbw (MB/s) | nominal (MB/s) | ratio | alpha (ms) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| link | layout | workload | N | step measured (ms) | its runs' medians (ms) | "
+             "step predicted (ms) | error | exposed comm measured (ms) | predicted (ms) | error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    links = ["| link | layout | busbw at the largest size (MB/s) | nominal (MB/s) | ratio | "
+             "fit: busbw (MB/s), alpha (ms) |", "|---|---|---|---|---|---|"]
     for rate in rates:
         nominal = netns.rate_bits_per_s(rate)
         for lay in layouts:
@@ -86,16 +110,20 @@ def report(out: Path, rates: list[str], layouts: list[str], workloads: list[str]
                 meta, rows = rows_of(d)
                 fit = meta.get("allreduce_fit") or {}
                 if i == 0 and fit.get("bus_bw_GBps"):
-                    bw = fit["bus_bw_GBps"] * 1e3
+                    largest = max(json.loads((d / "allreduce.json").read_text())["rows"],
+                                  key=lambda r: r["size_bytes"])
+                    bw = largest["busbw_GBps"] * 1e3
                     nom = nominal / 8 / 1e6 if nominal else None
                     links.append(f"| {rate} | {lay} | {bw:.1f} | {nom or '-'} | "
-                                 f"{bw / nom if nom else float('nan'):.2f} | {fit['alpha_s'] * 1e3:.2f} |")
+                                 f"{bw / nom if nom else float('nan'):.2f} | {fit['bus_bw_GBps'] * 1e3:.1f}, "
+                                 f"{fit['alpha_s'] * 1e3:.2f} |")
                 for (kind, n), meas in sorted(rows.items()):
                     if kind != "measured" or n == 1:
                         continue
                     pred = rows.get(("predicted", n), {})
                     lines.append(
                         f"| {rate} | {lay} | {workload} | {n} | {meas['step_time_s'] * 1e3:.1f} | "
+                        f"{run_spread(d, n)} | "
                         f"{pred.get('step_time_s', float('nan')) * 1e3:.1f} | "
                         f"{error(pred.get('step_time_s'), meas['step_time_s'])} | "
                         f"{(meas['comm_exposed_s'] or 0) * 1e3:.1f} | "
@@ -119,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="threads per worker (default: 1)")
     p.add_argument("--out", type=Path, default=Path("outputs/netns_model"))
     p.add_argument("--report-only", action="store_true", help="reprint the table from --out")
+    p.add_argument("--lock", type=Path, help="hold this lock file (flock) during each study")
     args = p.parse_args(argv)
     out = args.out.resolve()
     if not args.report_only:
@@ -135,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     for workload in args.workloads:
                         d = study_dir(out, rate, lay, workload)
-                        took = run_study(cluster, workload, nodes * ranks, d, args)
+                        with held(args.lock):
+                            took = run_study(cluster, workload, nodes * ranks, d, args)
                         print(f"{rate} {lay} {workload}: study in {took:.0f} s -> {d}", file=sys.stderr)
                 finally:
                     netns.down(CLUSTER_NAME)
