@@ -49,8 +49,8 @@ CASES = ("vanish", "freeze", "blink", "sigusr1")
 # ------------------------------------------------------------------ the rank wrapper
 def rank_wrapper(out_dir: Path, argv: list[str]) -> int:
     """Run one rank (``argv``) and record ``rank<R>.pid``, ``rank<R>.err`` and ``rank<R>.exit``
-    (``<exit code> <time.time()>``) in ``out_dir``. Stop signals are passed on, so the rank
-    sees what mpirun sends."""
+    (``<exit code> <time.time()>``) in ``out_dir``. The signals mpirun sends (stop signals,
+    SIGCONT) are passed on, so the rank sees them as it would without the wrapper."""
     rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "x"))
     with open(out_dir / f"rank{rank}.err", "w") as err:
         child = subprocess.Popen(argv, stderr=err)
@@ -171,10 +171,10 @@ def last_step(run_dir: Path) -> int:
 
 
 def error_line(text: str) -> str:
-    """A rank's one-line verdict: its last ``ddtrain:`` line, else its last line."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    mine = [ln for ln in lines if ln.startswith("ddtrain:")]
-    return (mine or lines or [""])[-1]
+    """A rank's one-line verdict: its last ``ddtrain:`` line ("" when it printed none: a run
+    that ended normally)."""
+    mine = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("ddtrain:")]
+    return mine[-1] if mine else ""
 
 
 # ------------------------------------------------------------------ what a case measured
