@@ -35,7 +35,9 @@ def _now(device: torch.device) -> float:
 
 
 def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps: int = 12,
-                   warmup: int = 3) -> Profile:
+                   warmup: int = 3, start=None) -> Profile:
+    """One worker's profile at ``batch``. ``start()``, if given, runs just before the first
+    step: concurrent profiles meet there, so that their timed steps overlap."""
     dataset, _ = build_datasets(cfg)
     model = make_model(cfg, getattr(dataset, "spec", None)).to(device)
     optimizer, _ = build_optimizer(cfg.optim, model, warmup + steps)
@@ -59,6 +61,8 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
 
     handles = [p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(params)]
     fwd, bwd, opt, data, total, ready = [], [], [], [], [], []
+    if start is not None:
+        start()
     try:
         for step in range(warmup + steps):
             seen.clear()
@@ -126,7 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     env = detect_launch_env(os.environ)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    p = profile_worker(cfg, int(batch), torch.device("cpu"), steps=8, warmup=2)
+    start = None
+    if env.is_mpi and env.world_size > 1:
+        # The k workers start at different moments (imports, remote nodes' daemons): without a
+        # common start their timed steps would overlap only in part, and sharing look cheaper.
+        from mpi4py import MPI
+
+        start = MPI.COMM_WORLD.Barrier
+    p = profile_worker(cfg, int(batch), torch.device("cpu"), steps=10, warmup=3, start=start)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / f"{env.rank}.json").write_text(json.dumps(asdict(p)))
 
