@@ -49,14 +49,16 @@ CASES = ("vanish", "freeze", "blink", "sigusr1")
 # ------------------------------------------------------------------ the rank wrapper
 def rank_wrapper(out_dir: Path, argv: list[str]) -> int:
     """Run one rank (``argv``) and record ``rank<R>.pid``, ``rank<R>.err`` and ``rank<R>.exit``
-    (``<exit code> <time.time()>``) in ``out_dir``. The signals mpirun sends (stop signals,
-    SIGCONT) are passed on, so the rank sees them as it would without the wrapper."""
+    (``<exit code> <time.time()>``) in ``out_dir``. Open MPI signals each rank's process group,
+    so the rank gets mpirun's signals (SIGUSR1, SIGTERM, SIGCONT, SIGKILL) directly; the wrapper
+    ignores the stop signals rather than pass them on, which would deliver them twice (and a
+    second stop signal means "exit now")."""
     rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "x"))
     with open(out_dir / f"rank{rank}.err", "w") as err:
         child = subprocess.Popen(argv, stderr=err)
     (out_dir / f"rank{rank}.pid").write_text(str(child.pid))
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGCONT):
-        signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)  # after the start: an ignored signal stays so across exec
     rc = child.wait()
     code = 128 - rc if rc < 0 else rc  # as a shell reports a rank killed by a signal
     (out_dir / f"rank{rank}.exit").write_text(f"{code} {time.time()!r}")
@@ -98,9 +100,10 @@ class Job:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stderr_tail(self) -> str:
-        if self.proc.poll() is None:
-            return "(mpirun still running)"
-        return (self.proc.stderr.read() if self.proc.stderr else "")[-2000:]
+        """The end of mpirun's stderr. A file, not a pipe: a daemon on an unreachable node holds
+        the pipe open long after mpirun itself has exited."""
+        path = self.files / "mpirun.err"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
     def kill(self) -> None:
         """Leave nothing behind: mpirun, and every rank wherever it runs (a frozen one too)."""
@@ -139,9 +142,9 @@ def start(cluster, run_dir: Path, overrides: list[str], env: dict[str, str] | No
     argv = [console_script("ddtrain-launch"), "-n", "2", "--hostfile", str(cluster.hostfile),
             "--program", program, *overrides, f"hydra.run.dir={run_dir}"]
     # ddtrain-launch execs mpirun (through the node's exec chain), so this process is mpirun.
-    proc = subprocess.Popen(netns.exec_argv(cluster, "node1", argv), env=node_env(cluster, env),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    with open(files / "mpirun.err", "w") as err:
+        proc = subprocess.Popen(netns.exec_argv(cluster, "node1", argv), env=node_env(cluster, env),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     return Job(cluster, run_dir, proc, files)
 
 
@@ -207,7 +210,7 @@ def _settle(job: Job, t0: float, ranks: list[int], rank_wait_s: float, mpirun_wa
         time.sleep(0.05)
     if job.proc.poll() is not None:
         out.mpirun_exit_s, out.mpirun_code = time.time() - t0, job.proc.returncode
-        out.mpirun_tail = job.proc.stderr.read() if job.proc.stderr else ""
+        out.mpirun_tail = job.stderr_tail()
     out.mpirun_waited_s = time.time() - t0
     ended = job.exits()
     for r in range(job.ranks):
@@ -267,11 +270,12 @@ def blink(cluster, run_dir: Path, timeout_s: float = TIMEOUT_S, steps: int = 150
         reference = run_dir.with_name(run_dir.name + "-reference")
         ref = start(cluster, reference, overrides)
         try:
-            _, err = ref.proc.communicate(timeout=180)
+            ref.proc.wait(timeout=180)
         finally:
             ref.kill()
         if ref.proc.returncode != 0:
-            raise RuntimeError(f"blink: the undisturbed run failed (rc {ref.proc.returncode}): {err[-2000:]}")
+            raise RuntimeError(f"blink: the undisturbed run failed (rc {ref.proc.returncode}): "
+                               f"{ref.stderr_tail()}")
     job = start(cluster, run_dir, overrides)
     try:
         down_at = wait_for_step(job, 5)
@@ -316,12 +320,12 @@ def sigusr1(cluster, run_dir: Path, timeout_s: float = TIMEOUT_S, extra_steps: i
                     files=run_dir.with_name(run_dir.name + "-resume-ranks"))
     ref_dir = run_dir.with_name(run_dir.name + "-reference")
     try:
-        _, rerr = resumed.proc.communicate(timeout=180)
+        resumed.proc.wait(timeout=180)
     finally:
         resumed.kill()
     ref = start(cluster, ref_dir, [*overrides, f"trainer.steps={total}"])
     try:
-        _, ferr = ref.proc.communicate(timeout=180)
+        ref.proc.wait(timeout=180)
     finally:
         ref.kill()
     ok = resumed.proc.returncode == 0 and ref.proc.returncode == 0
@@ -331,7 +335,7 @@ def sigusr1(cluster, run_dir: Path, timeout_s: float = TIMEOUT_S, extra_steps: i
                   f"{resumed.proc.returncode}, {'identical' if same else 'DIFFERENT'} curve vs uninterrupted")
     out.ok = same and saved[:1] == [k] and bool(resumed_line)
     if not ok:
-        out.detail += f"; stderr: {(rerr or ferr)[-1000:]}"
+        out.detail += f"; stderr: {(resumed.stderr_tail() or ref.stderr_tail())[-1000:]}"
     return out
 
 
