@@ -378,27 +378,6 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(rows)
 
 
-def _locked(path: str | None):
-    """A context that holds flock ``path`` (nothing when None), so a case's timings are not
-    shared with other heavy work on this machine."""
-    import contextlib
-    import fcntl
-
-    @contextlib.contextmanager
-    def hold():
-        if path is None:
-            yield
-            return
-        with open(path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    return hold()
-
-
 def run_case(case: str, tmp: Path, index: int, timeout_s: float, mpirun_wait_s: float) -> Outcome:
     """One case on a fresh 2-node cluster (removed afterwards)."""
     from ddtrain.testing import netns
@@ -424,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(rank_wrapper(Path(argv[1]), argv[2:]))
     from ddtrain.launcher.cores import usable_cpus
     from ddtrain.testing import netns
+    from ddtrain.testing.lock import held
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -441,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_cluster_faults-") as tmp:
         for i in range(args.repeats):  # interleaved: a slow spell of the machine hits every case
             for case in args.only or CASES:
-                with _locked(args.lock):
+                with held(args.lock):
                     out = run_case(case, Path(tmp), i, args.timeout_s, args.mpirun_wait_s)
                 outcomes.append(out)
                 print(f"{case} #{i + 1}: ranks exit {out.rank_exit_s} codes {out.rank_codes}; mpirun "

@@ -15,8 +15,6 @@ all-reduce calibration's bus bandwidth against the link's nominal rate. Studies 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -26,27 +24,13 @@ from pathlib import Path
 
 from ddtrain.launcher.mpirun import child_env, console_script, running_as_root
 from ddtrain.testing import netns
+from ddtrain.testing.lock import held
 
 WORKLOADS = {
     "gpt": ["model=gpt", "data=chars", "data.batch_size=8"],
     "convnet": ["model=convnet", "data=synthetic", "data.batch_size=32"],
 }
 CLUSTER_NAME = "ddtbench"
-
-
-@contextlib.contextmanager
-def held(lock: Path | None):
-    """Hold an exclusive flock on ``lock`` (nothing when None): other timed work on the machine
-    waits while one study runs."""
-    if lock is None:
-        yield
-        return
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def layout(text: str) -> tuple[int, int]:
