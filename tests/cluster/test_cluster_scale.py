@@ -30,9 +30,13 @@ def test_a_study_across_two_nodes_calibrates_the_link_and_writes_the_cluster(clu
     report = json.loads((study / "scaling.json").read_text())
     meta = report["meta"]
     nominal = netns.rate_bits_per_s(rate) / 8 / 1e9  # GB/s
+    # Two workers, one per node: every byte crosses the shaped link once each way, so the largest
+    # message's bus bandwidth is the link's. (The fit over all sizes is not: the token bucket
+    # passes small messages at burst speed, which can put the fitted bandwidth above the rate.)
+    calibration = json.loads((study / "allreduce.json").read_text())
+    largest = max(calibration["rows"], key=lambda r: r["size_bytes"])
+    assert 0.7 * nominal < largest["busbw_GBps"] < 1.05 * nominal, (largest, nominal)
     busbw = meta["allreduce_fit"]["bus_bw_GBps"]
-    # Two workers, one per node: every byte crosses the shaped link once each way.
-    assert 0.7 * nominal < busbw < 1.05 * nominal, (busbw, nominal)
     rows = {(r["kind"], r["world_size"]) for r in report["rows"]}
     assert {("measured", 2), ("predicted", 2)} <= rows
     _, written = read_cluster_file(str(preset), tmp_path)
