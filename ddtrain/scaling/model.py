@@ -132,7 +132,7 @@ class MeasuredAllReduce:
 
     Two parameters cannot follow every regime of a real link: a rate-limited link passes small
     messages at burst speed and large ones at its rate, so a latency-bandwidth fit over all
-    sizes misses the gradient buckets' sizes in between (on a 1 Gbit/s link, by a third).
+    sizes misses the gradient buckets' sizes in between.
     Between measured sizes the time is interpolated in log-log; beyond the largest it grows in
     proportion to size (the bandwidth regime). ``bus_bw_GBps`` is the cluster's bandwidth at
     the time: a cluster with other links (the sensitivity rows) scales the times by the ratio.

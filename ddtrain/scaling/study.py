@@ -52,8 +52,12 @@ class Machine:
     node_ranks: int | None = None
 
     def ranks_on_a_node(self, n: int) -> int:
-        """How many of ``n`` workers share the busiest node."""
-        return n if self.node_ranks is None else min(n, self.node_ranks)
+        return ranks_on_a_node(self.node_ranks, n)
+
+
+def ranks_on_a_node(node_ranks: int | None, n: int) -> int:
+    """How many of ``n`` workers share the busiest node (``node_ranks`` None: all of them)."""
+    return n if node_ranks is None else min(n, node_ranks)
 
     @property
     def cuda(self) -> bool:
@@ -67,7 +71,7 @@ def setup_machine(cfg: TrainConfig, scale: ScaleConfig) -> Machine:
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     cpus = usable_cpus()
     node_ranks = node_ranks_of(scale)
-    sharing = max(scale.world_sizes) if node_ranks is None else min(node_ranks, max(scale.world_sizes))
+    sharing = ranks_on_a_node(node_ranks, max(scale.world_sizes))
     # On CPU a "worker" is a fixed share of a node's cores, the same at every size; otherwise the
     # one-rank run would get all cores and every multi-rank run would look inefficient by
     # construction. With a hostfile, the nodes are taken to have this node's cores.
