@@ -37,10 +37,6 @@ def build(nodes: int, *, rate: str = "none", slots: int = 1) -> netns.Cluster:
     return cluster
 
 
-def node_argv(cluster: netns.Cluster, node: str, argv: list[str]) -> list[str]:
-    return netns.exec_argv(cluster, node, argv)
-
-
 def node_env(cluster: netns.Cluster, extra: dict[str, str] | None = None) -> dict[str, str]:
     """What a user's shell on a node would export: this venv's environment, Gloo on eth0."""
     return netns.exec_env(cluster, {**clean_env(), **NODE_ENV, **(extra or {})})
@@ -48,11 +44,6 @@ def node_env(cluster: netns.Cluster, extra: dict[str, str] | None = None) -> dic
 
 def run_on(cluster: netns.Cluster, node: str, argv: list[str], *, timeout: float = 300,
            env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(node_argv(cluster, node, argv), env=node_env(cluster, env), capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(netns.exec_argv(cluster, node, argv), env=node_env(cluster, env),
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
-
-def start_on(cluster: netns.Cluster, node: str, argv: list[str], *, env: dict[str, str] | None = None,
-             cwd=None) -> subprocess.Popen:
-    return subprocess.Popen(node_argv(cluster, node, argv), env=node_env(cluster, env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
