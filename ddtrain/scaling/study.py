@@ -54,14 +54,14 @@ class Machine:
     def ranks_on_a_node(self, n: int) -> int:
         return ranks_on_a_node(self.node_ranks, n)
 
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
 
 def ranks_on_a_node(node_ranks: int | None, n: int) -> int:
     """How many of ``n`` workers share the busiest node (``node_ranks`` None: all of them)."""
     return n if node_ranks is None else min(n, node_ranks)
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
 
 
 def setup_machine(cfg: TrainConfig, scale: ScaleConfig) -> Machine:

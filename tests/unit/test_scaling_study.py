@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from ddtrain.config import ConfigError
 from ddtrain.launcher.mpirun import child_env, mpirun_argv, srun_argv
@@ -14,7 +15,7 @@ from ddtrain.scaling.config import ScaleConfig, parse_study
 from ddtrain.scaling.measure import Launcher, summarise, trimmed_per_step
 from ddtrain.scaling.model import Cluster, allreduce_time
 from ddtrain.scaling.spread import percentile, robust_cv
-from ddtrain.scaling.study import local_cluster
+from ddtrain.scaling.study import Machine, local_cluster
 
 
 def _raw(scale=None, cluster=None, **train):
@@ -163,3 +164,11 @@ def test_one_slow_step_barely_moves_the_jitter_estimate():
     assert statistics.pstdev(hiccup) / statistics.median(hiccup) > 2  # the plain sd is ruled by it
     assert robust_cv([1.0]) == 0.0 and robust_cv([]) == 0.0
 
+
+
+def test_the_machine_knows_its_device_kind_and_the_busiest_node():
+    peak = datasheet_peak_for("h100_sxm", "bf16")
+    cpu = Machine(torch.device("cpu"), cpus=2, threads=1, peak=peak)
+    gpu = Machine(torch.device("cuda", 0), cpus=2, threads=0, peak=peak, node_ranks=2)
+    assert (cpu.cuda, gpu.cuda) == (False, True)
+    assert (cpu.ranks_on_a_node(4), gpu.ranks_on_a_node(4), gpu.ranks_on_a_node(1)) == (4, 2, 1)
