@@ -126,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--allreduce-max-mb", type=float, default=16)
     p.add_argument("--timeout", type=float, default=1200)
-    # The nodes are namespaces of one machine and share its cores: one thread per worker keeps
-    # a 2-node x 1-rank layout from oversubscribing a 2-core machine.
+    # One thread per worker keeps a 2-node x 1-rank layout from oversubscribing a 2-core machine.
     p.add_argument("--threads", type=int, default=1, help="threads per worker (default: 1)")
+    p.add_argument("--cores", type=int, default=0,
+                   help="CPUs of its own per node (default: 0, the nodes share this machine's)")
     p.add_argument("--out", type=Path, default=Path("outputs/netns_model"))
     p.add_argument("--report-only", action="store_true", help="reprint the table from --out")
     p.add_argument("--lock", type=Path, help="hold this lock file (flock) during each study")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         for rate in args.rates:
             for lay in args.layouts:
                 nodes, ranks = layout(lay)
-                cluster = netns.Cluster(CLUSTER_NAME, nodes, rate, netns.DEFAULT_SUBNET, ranks)
+                cluster = netns.Cluster(CLUSTER_NAME, nodes, rate, netns.DEFAULT_SUBNET, ranks, args.cores)
                 netns.up(cluster)
                 try:
                     for workload in args.workloads:
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{rate} {lay} {workload}: study in {took:.0f} s -> {d}", file=sys.stderr)
                 finally:
                     netns.down(CLUSTER_NAME)
-    print(f"device: {os.cpu_count()}-CPU machine, nodes are network namespaces sharing its cores; "
+    cores = f"{args.cores} CPU(s) of its own each" if args.cores else "sharing its CPUs"
+    print(f"device: {os.cpu_count()}-CPU machine, nodes are network namespaces {cores}; "
           f"{time.strftime('%Y-%m-%d')}; command: {' '.join(sys.argv)}")
     print(report(out, args.rates, args.layouts, args.workloads))
     return 0

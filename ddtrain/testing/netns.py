@@ -16,7 +16,10 @@ behaves like a full-duplex NIC of that rate.
 Open MPI starts its remote daemons by running ``ssh HOST COMMAND``. ``up`` writes an agent
 script that runs COMMAND on node HOST instead, and ``exec`` points Open MPI at it
 (``PRTE_MCA_plm_ssh_agent``), so ``mpirun --hostfile`` and ``ddtrain-launch --hostfile`` start
-ranks on the nodes unchanged. ``link NODE down|up`` unplugs and replugs a node's cable: its
+ranks on the nodes unchanged. ``--cores C`` gives each node C CPUs of its own (node1 the first
+C this process may use, node2 the next C, ...): everything ``exec`` and Open MPI start on a node
+is pinned there, as a real node's processes cannot use another node's cores. Without it the
+nodes share every CPU. ``link NODE down|up`` unplugs and replugs a node's cable: its
 sockets stay open and see nothing, as when a node vanishes.
 
 Root is needed (namespaces, interfaces, qdiscs); without it, or without namespace support,
@@ -36,7 +39,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 DEFAULT_NAME = "ddtn"
@@ -60,6 +63,10 @@ class Cluster:
     rate: str  # "none" or a tc rate such as 100mbit
     subnet: str
     slots: int
+    cores: int = 0  # CPUs of its own per node; 0: the nodes share every CPU
+    # The CPUs ``up`` could use, split among the nodes. Kept, since a process on a node (Open
+    # MPI's agent starting another node's daemon) sees only its own node's.
+    cpus: tuple[int, ...] = ()
 
     @property
     def state_dir(self) -> Path:
@@ -86,6 +93,22 @@ class Cluster:
     def address(self, node: str) -> str:
         net = ipaddress.ip_network(self.subnet)
         return str(net.network_address + int(node.removeprefix("node")))
+
+    def node_cpus(self, node: str) -> list[int]:
+        """The CPUs ``node`` may run on; all of them when the nodes share."""
+        if self.cores == 0:
+            return list(self.cpus)
+        i = int(node.removeprefix("node")) - 1
+        return list(self.cpus[i * self.cores:(i + 1) * self.cores])
+
+
+def with_cpus(cluster: Cluster, allowed: list[int]) -> Cluster:
+    """``cluster`` holding the CPUs it splits, ``allowed``; ClusterError when too few."""
+    if cluster.cores < 0 or cluster.cores * cluster.nodes > len(allowed):
+        raise ClusterError(f"--cores {cluster.cores} for {cluster.nodes} nodes needs "
+                           f"{cluster.cores * cluster.nodes} CPUs and this process may use {len(allowed)}; "
+                           f"fix: --cores {len(allowed) // cluster.nodes} or fewer (0 shares them all)")
+    return replace(cluster, cpus=tuple(sorted(allowed)))
 
 
 def rate_bits_per_s(rate: str) -> float | None:
@@ -162,7 +185,8 @@ def namespaces() -> list[str]:
 def load(name: str) -> Cluster:
     path = STATE_ROOT / name / "cluster.json"
     try:
-        return Cluster(**json.loads(path.read_text()))
+        fields = json.loads(path.read_text())
+        return Cluster(**{**fields, "cpus": tuple(fields.get("cpus", ()))})
     except FileNotFoundError:
         raise ClusterError(f"no cluster {name!r} is up; fix: python -m ddtrain.testing.netns "
                            f"--name {name} up 2") from None
@@ -177,6 +201,7 @@ def up(cluster: Cluster) -> Path:
         raise ClusterError(f"--subnet {cluster.subnet} must be private and hold {cluster.nodes} nodes; "
                            f"fix: e.g. --subnet {DEFAULT_SUBNET}")
     rate_bits_per_s(cluster.rate)
+    cluster = with_cpus(cluster, list(os.sched_getaffinity(0)))
     check_host()
     down(cluster.name)
     try:
@@ -243,8 +268,13 @@ def exec_argv(cluster: Cluster, node: str, command: list[str]) -> list[str]:
     if not command:
         raise ClusterError("exec needs a command; fix: exec node1 hostname")
     # unshare --uts: the hostname is the node's own, so logs and Open MPI name nodes as a cluster would.
-    return ["ip", "netns", "exec", cluster.namespace(node), "unshare", "--uts", "/bin/sh", "-c",
+    argv = ["ip", "netns", "exec", cluster.namespace(node), "unshare", "--uts", "/bin/sh", "-c",
             'hostname "$0" && exec "$@"', node, *command]
+    if cluster.cores:
+        if not cluster.cpus:  # the caller's own Cluster, before up() chose the CPUs
+            cluster = load(cluster.name)
+        argv = ["taskset", "-c", ",".join(map(str, cluster.node_cpus(node))), *argv]
+    return argv
 
 
 def exec_env(cluster: Cluster, environ: dict[str, str]) -> dict[str, str]:
@@ -276,6 +306,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--rate", default="none", help="each node's link rate: 100mbit, 1gbit, ... or none")
     u.add_argument("--subnet", default=DEFAULT_SUBNET, help=f"private subnet (default: {DEFAULT_SUBNET})")
     u.add_argument("--slots", type=int, default=2, help="ranks per node in the hostfile (default: 2)")
+    u.add_argument("--cores", type=int, default=0,
+                   help="CPUs of its own per node, pinned (default: 0, the nodes share every CPU)")
     sub.add_parser("down", help="remove the cluster and stop everything on it")
     e = sub.add_parser("exec", help="run a command on a node, with this environment")
     e.add_argument("node")
@@ -292,12 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     prog = "netns"
     try:
         if args.cmd == "up":
-            cluster = Cluster(args.name, args.nodes, args.rate.lower(), args.subnet, args.slots)
+            cluster = Cluster(args.name, args.nodes, args.rate.lower(), args.subnet, args.slots, args.cores)
             t0 = time.perf_counter()
             hostfile = up(cluster)
             print(f"{prog}: {cluster.nodes} node(s) up in {time.perf_counter() - t0:.1f} s: "
                   + ", ".join(f"{n}={cluster.address(n)}" for n in cluster.node_names())
-                  + f"; links {cluster.rate}; interface {IFACE}", file=sys.stderr)
+                  + f"; links {cluster.rate}; interface {IFACE}"
+                  + (f"; {cluster.cores} CPU(s) per node" if cluster.cores else "; CPUs shared"),
+                  file=sys.stderr)
             print(hostfile)
         elif args.cmd == "down":
             removed = down(args.name)

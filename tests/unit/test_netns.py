@@ -67,3 +67,16 @@ def test_a_public_subnet_or_too_many_nodes_is_refused_before_anything_is_built()
     with pytest.raises(netns.ClusterError, match="choose 1 to 64"):
         netns.up(netns.Cluster("ddtx", 0, "none", "10.213.7.0/24", 1))
 
+
+
+def test_cores_give_each_node_its_own_cpus_and_exec_pins_to_them():
+    pinned = netns.with_cpus(netns.Cluster("ddtx", 2, "none", "10.213.7.0/24", 1, cores=2), [5, 0, 1, 4])
+    assert pinned.cpus == (0, 1, 4, 5)
+    assert (pinned.node_cpus("node1"), pinned.node_cpus("node2")) == ([0, 1], [4, 5])
+    argv = netns.exec_argv(pinned, "node2", ["true"])
+    assert argv[:3] == ["taskset", "-c", "4,5"] and argv[3:6] == ["ip", "netns", "exec"]
+    shared = netns.with_cpus(CLUSTER, [0, 1])
+    assert shared.node_cpus("node3") == [0, 1] and netns.exec_argv(shared, "node3", ["true"])[0] == "ip"
+    with pytest.raises(netns.ClusterError, match=r"--cores 2 for 3 nodes needs 6 CPUs and this process "
+                                                 r"may use 4; fix: --cores 1 or fewer"):
+        netns.with_cpus(netns.Cluster("ddtx", 3, "none", "10.213.7.0/24", 1, cores=2), [0, 1, 2, 3])
