@@ -71,6 +71,9 @@ class CommConfig:
     backend: str = "auto"  # auto (nccl with CUDA, else gloo) | nccl | gloo
     timeout_s: float = 300.0  # a collective (and a silent peer) is given up after this long
     verify_every: int = 1000  # compare a checksum of the parameters across ranks every K steps; 0: never
+    # none | optimizer (ZeRO-1: optimizer state split across ranks) | gradients (ZeRO-2: gradients
+    # reduce-scattered, and the optimizer state split); ddtrain/comm/sharded.py
+    shard: str = "none"
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,10 @@ def _validate_comm(c: CommConfig) -> None:
     check_choice("comm.dtype", c.dtype, ["fp32", "bf16", "fp16"])
     check_choice("comm.pack", c.pack, ["auto", "triton", "torch"])
     check_choice("comm.backend", c.backend, ["auto", "nccl", "gloo"])
+    check_choice("comm.shard", c.shard, ["none", "optimizer", "gradients"])
+    if c.shard != "none" and c.engine != "ddtrain":
+        raise ConfigError(f"comm.shard={c.shard} is ddtrain's reducer's; comm.engine={c.engine} does not "
+                          "shard. Fix: comm.engine=ddtrain, or comm.shard=none")
 
 
 def _validate_trainer(t: TrainerConfig) -> None:

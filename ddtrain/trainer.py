@@ -29,6 +29,8 @@ from ddtrain.fault.replica import check_replicas, verify_replicas
 from ddtrain.launcher.cores import usable_cpus
 from ddtrain.loss import LossFn, build_loss
 from ddtrain.metrics import MetricsProcessor, make_writer
+from ddtrain.metrics.memory import describe as describe_memory
+from ddtrain.metrics.memory import state_bytes
 from ddtrain.metrics.processor import StepView, Workload
 from ddtrain.models import build_model
 from ddtrain.optim import build_optimizer
@@ -88,8 +90,10 @@ def build_replica(cfg: TrainConfig, ctx: DistContext, dataset, on_event=None, mo
     """``model``: one made by ``make_model`` already (the CLI builds it before the process group,
     so a user's model that fails to build fails alone, in one line)."""
     model = (model if model is not None else make_model(cfg, spec_of(dataset))).to(ctx.device)
-    engine = build_engine(model, ctx, cfg.comm, on_event=on_event)
+    # A compiled block cannot wait for a bucket's gather inside its graph: gather after the step.
+    engine = build_engine(model, ctx, cfg.comm, on_event=on_event, overlap_gather=not cfg.trainer.compile)
     optimizer, scheduler = build_optimizer(cfg.optim, model, cfg.trainer.steps)
+    optimizer = engine.wrap_optimizer(optimizer)
     workers = loader_workers(cfg.data, dataset, usable_cpus(), ctx.env.local_world_size)
     loader = train_loader(cfg.data, dataset, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
                           workers=workers, pin_memory=ctx.device.type == "cuda")
@@ -104,12 +108,15 @@ class StepOutcome:
     skipped: bool  # non-finite gradient: no update (trainer.on_nonfinite=skip)
     stop: bool  # some rank received a stop signal: every rank stops after this step
     save: bool  # rank 0's clock says a time-based checkpoint is due
+    memory: dict[str, int] | None = None  # this rank's training-state bytes, when asked for
 
 
 def train_step(rep: Replica, batches: Iterator[Any], step: int, cfg: TrainConfig, ctx: DistContext,
-               clock: StepClock, *, stop_requested: bool = False, save_due: bool = False) -> StepOutcome:
+               clock: StepClock, *, stop_requested: bool = False, save_due: bool = False,
+               count_memory: bool = False) -> StepOutcome:
     """One optimizer step: grad_accum micro-steps (``batches`` gives one batch each), the
-    gradient sync, the agreement, the update."""
+    gradient sync, the agreement, the update. ``count_memory``: count the training state after
+    the update, while gradients and optimizer state both exist."""
     t, device = cfg.trainer, clock.device
     clock.start_step()
     step_loss = torch.zeros((), device=device)
@@ -134,27 +141,28 @@ def train_step(rep: Replica, batches: Iterator[Any], step: int, cfg: TrainConfig
     # Every rank must take the same branch below (update or skip, go on or stop, save or not),
     # so the three flags are agreed in one tiny all-reduce (MAX). Reading the gradient norm is
     # the step's one deliberate host sync: the update must not run before the verdict.
-    params = [p for p in rep.model.parameters() if p.grad is not None]
-    norm = nn.utils.get_total_norm([p.grad for p in params])
+    # With sharding a rank holds a shard of the gradient, and the norm is summed across ranks.
+    holders = rep.engine.grad_holders()
+    norm = rep.engine.grad_norm([h.grad for _, h in holders])
     grad_norm = float(norm)  # host sync
     nonfinite, stop, save = (flag > 0 for flag in all_max_each(
         ctx, [float(not math.isfinite(grad_norm)), float(stop_requested), float(save_due)]))
     if nonfinite and t.on_nonfinite == "stop":
-        raise JobError(_nonfinite_message(rep.model, step + 1, grad_norm))
+        raise JobError(_nonfinite_message(holders, step + 1, grad_norm))
     if not nonfinite:
         if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grads_with_norm_(params, cfg.optim.grad_clip, norm)
+            nn.utils.clip_grads_with_norm_([h for _, h in holders], cfg.optim.grad_clip, norm)
         rep.optimizer.step()
     # A skipped step still advances the schedule: the LR stays a function of the step number.
     rep.scheduler.step()
+    memory = state_bytes(rep.engine, rep.optimizer) if count_memory else None
     rep.optimizer.zero_grad(set_to_none=True)
     clock.mark("optimizer")
-    return StepOutcome(step_loss, data_s, grad_norm, nonfinite, stop, save)
+    return StepOutcome(step_loss, data_s, grad_norm, nonfinite, stop, save, memory)
 
 
-def _nonfinite_message(model: nn.Module, step: int, grad_norm: float) -> str:
-    first = next((n for n, p in model.named_parameters()
-                  if p.grad is not None and not torch.isfinite(p.grad).all()), "an all-reduced gradient")
+def _nonfinite_message(holders: list[tuple[str, torch.Tensor]], step: int, grad_norm: float) -> str:
+    first = next((n for n, h in holders if not torch.isfinite(h.grad).all()), "another rank's gradient shard")
     return (f"non-finite gradient at step {step} (norm {grad_norm}, first in {first}); stopping on every "
             "rank (trainer.on_nonfinite=stop). Fix: lower optim.lr, set optim.grad_clip, or check the "
             "data; trainer.on_nonfinite=skip skips such steps instead; resume with trainer.resume=auto")
@@ -203,8 +211,10 @@ def train(
             t0 = time.perf_counter()
             out = train_step(rep, batches, step, cfg, ctx, clock,
                              stop_requested=stop is not None and stop.requested,
-                             save_due=ctx.is_main and ckpt.time_due())
+                             save_due=ctx.is_main and ckpt.time_due(), count_memory=step == start)
             done = step + 1
+            if out.memory is not None:
+                _log_memory(ctx, out.memory, metrics)
             if t.compile and step == start:
                 log.info("trainer.compile: the first step, compiling included, took %.1f s; it is left out "
                          "of throughput", time.perf_counter() - t0)
@@ -215,12 +225,17 @@ def train(
                             done, out.grad_norm, counters["nonfinite_skipped"])
             metrics.step(StepView(done, out.loss, out.data_s, out.grad_norm,
                                   counters["nonfinite_skipped"], force=out.stop))
-            if validate is not None and (done % t.eval_every == 0 or done == t.steps):
+            evaluate_now = validate is not None and (done % t.eval_every == 0 or done == t.steps)
+            verify_now = bool(cfg.comm.verify_every) and done % cfg.comm.verify_every == 0
+            save_now = out.stop or done == t.steps or ckpt.due(done, out.save)
+            if evaluate_now or verify_now or save_now or on_step is not None:
+                rep.engine.gathered()  # sharded parameters may still be on their way
+            if evaluate_now:
                 validate(done)
             # Checked before saving, so a diverged state never becomes the newest checkpoint.
-            if cfg.comm.verify_every and done % cfg.comm.verify_every == 0:
+            if verify_now:
                 verify_replicas(ctx, rep.model, done)
-            if out.stop or done == t.steps or ckpt.due(done, out.save):
+            if save_now:
                 result.checkpoint = ckpt.save(done, rep, counters)
             if out.stop:
                 mine = stop is not None and stop.requested
@@ -234,9 +249,19 @@ def train(
     finally:
         batches.close()
         metrics.close()
+    rep.engine.gathered()
     if t.save_model and ctx.is_main and run_dir is not None:
         torch.save(rep.model.state_dict(), run_dir / "model.pt")
     return result
+
+
+def _log_memory(ctx: DistContext, mine: dict[str, int], metrics: MetricsProcessor) -> None:
+    """The largest rank's training-state bytes (ranks differ by a shard's padding), logged
+    once and carried by every metrics record."""
+    keys = sorted(mine)
+    counted = {k: int(v) for k, v in zip(keys, all_max_each(ctx, [float(mine[k]) for k in keys]))}
+    log.info("memory: %s (the largest rank's, counted after the first update)", describe_memory(counted))
+    metrics.memory = counted
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[Any, Any]:

@@ -64,6 +64,8 @@ def capture(step: int, rep, ctx: DistContext, cfg: TrainConfig, counters: dict[s
     """The checkpoint of step ``step`` on rank 0 (None elsewhere). A collective: every rank
     must call it, after the same step, because every rank's RNG state is gathered."""
     rng = all_gather_rows(ctx, _rng_row(ctx.device))
+    # Unsharded format whatever comm.shard is: a sharded run gathers its optimizer state here.
+    optimizer = rep.engine.optimizer_state_dict(rep.optimizer)
     if not ctx.is_main:
         return None
     flat = to_flat_dict(cfg)
@@ -79,7 +81,7 @@ def capture(step: int, rep, ctx: DistContext, cfg: TrainConfig, counters: dict[s
         "batch_size": cfg.data.batch_size,
         "grad_accum": cfg.trainer.grad_accum,
         "model": rep.model.state_dict(),
-        "optimizer": rep.optimizer.state_dict(),
+        "optimizer": optimizer,
         "scheduler": rep.scheduler.state_dict(),
         "data": rep.loader.state_dict(),
         "rng": rng,  # [world_size, bytes]: row r is rank r's generators
@@ -153,7 +155,7 @@ def restore(state: dict, rep, ctx: DistContext, cfg: TrainConfig, source: str) -
             f"cannot resume from {source}: it read a data set of {data['dataset_len']} samples and this "
             f"run's data={cfg.data.name} has {len(rep.loader.dataset)}, so its data position names other "
             "samples; use the data it was written with, or start afresh with trainer.resume=never")
-    rep.optimizer.load_state_dict(state["optimizer"])
+    rep.engine.load_optimizer_state_dict(rep.optimizer, state["optimizer"])
     rep.scheduler.load_state_dict(state["scheduler"])
     follow_schedule(rep.optimizer, rep.scheduler, cfg.optim, cfg.trainer.steps, int(state["step"]))
     # The micro-step after the checkpoint's last batch: step x global batch samples from the

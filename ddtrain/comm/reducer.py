@@ -88,7 +88,7 @@ class GradReducer:
             [p.numel() for p in self.params], elsize, bucket_mb * MiB, first_bucket_mb * MiB
         )
         device = self.params[0].device
-        self.buffers = [torch.empty(n, dtype=self.comm_dtype, device=device) for n in self.plan.sizes]
+        self.buffers = self._bucket_buffers(device)
         # The slot views are made once; the hot path only indexes lists.
         self.slot_views = [
             self.buffers[s.bucket][s.offset:s.offset + s.numel] for s in self.plan.slots
@@ -106,6 +106,10 @@ class GradReducer:
         self._hooks = [
             p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(self.params)
         ]
+
+    def _bucket_buffers(self, device: torch.device) -> list[torch.Tensor]:
+        """One flat buffer per bucket, in the comm dtype, that the gradients are copied into."""
+        return [torch.empty(n, dtype=self.comm_dtype, device=device) for n in self.plan.sizes]
 
     # ------------------------------------------------------------------ step state
     def _reset(self) -> None:
@@ -157,11 +161,13 @@ class GradReducer:
         while self._next < len(self.plan) and self._pending[self._next] == 0:
             if self._triton is not None:
                 self._pack_bucket(self._next)
-            work = dist.all_reduce(self.buffers[self._next], group=self.group, async_op=True)
-            self._works.append(work)
+            self._works.append(self._launch(self._next))
             if self._on_event is not None:
                 self._on_event("launch", self._next)
             self._next += 1
+
+    def _launch(self, bucket: int):
+        return dist.all_reduce(self.buffers[bucket], group=self.group, async_op=True)
 
     def _pack_bucket(self, bucket: int) -> None:
         try:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ddtrain.dist.group import DistContext, all_max_each, all_mean
+from ddtrain.metrics.memory import peak_bytes
 from ddtrain.perf.clock import StepClock
 from ddtrain.perf.flops import MODEL_FORMULA
 
@@ -59,6 +60,7 @@ class MetricsProcessor:
         self._data_s: list[float] = []
         self.history: list[dict[str, Any]] = []
         self.validations: list[dict[str, Any]] = []
+        self.memory: dict[str, int] = {}  # training-state bytes per rank (metrics/memory.py), once counted
 
     def step(self, view: StepView) -> dict[str, Any] | None:
         """Account one step; on a logging step, build the record, write it and return it."""
@@ -113,6 +115,8 @@ class MetricsProcessor:
             "epoch": self._epoch(view.step),
             "grad_norm": view.grad_norm,
             "skipped_steps": view.skipped_total,
+            "peak_memory_bytes": int(all_max_each(self.ctx, [float(peak_bytes(self.clock.device))])[0]),
+            **self.memory,
             "per_step": per_step,
         }
         if self.workload.tokens_per_sample:

@@ -44,25 +44,30 @@ def global_batch(step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_loop(ctx, wrap: str, batch: int, steps: int, set_to_none: bool = True,
-               events: list | None = None) -> dict:
-    """The user's loop on this rank (``wrap``: ddtrain | ddp | none); its parameters after
-    ``steps`` steps, and the number of forward calls its buffer counted."""
+               events: list | None = None, shard: str = "none", clip: float = 0.0) -> dict:
+    """The user's loop on this rank (``wrap``: ddtrain | ddp | none; ``shard`` for ddtrain);
+    its parameters after ``steps`` steps, and the number of forward calls its buffer counted."""
     import ddtrain
 
     torch.manual_seed(0)
     model = TiedNet().to(ctx.device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # no momentum: a zero gradient moves nothing
     if wrap == "ddtrain":
-        model = ddtrain.DataParallel(model, bucket_mb=512 / 2**20, first_bucket_mb=256 / 2**20)
+        model = ddtrain.DataParallel(model, bucket_mb=512 / 2**20, first_bucket_mb=256 / 2**20, shard=shard,
+                                     optimizer=opt if shard != "none" else None)
         if events is not None:
             model._reducer._on_event = lambda kind, idx: events.append((kind, idx))
     elif wrap == "ddp":
         model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # no momentum: a zero gradient moves nothing
     for step in range(steps):
         x, y = global_batch(step, batch * ctx.world_size)
         mine = slice(ctx.rank * batch, (ctx.rank + 1) * batch)
         loss = own_loss(model(x[mine], use_side=step % 2 == 0), y[mine])
         loss.backward()
+        if clip and wrap == "ddtrain":
+            model.clip_grad_norm_(clip)
+        elif clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=set_to_none)
     bare = model.module if wrap != "none" else model

@@ -38,6 +38,19 @@ def test_two_ranks_equal_one_process_with_the_global_batch(one_process, set_to_n
     assert ranks[0]["state_dict_keys"] == sorted(TiedNet().state_dict())
 
 
+@pytest.mark.parametrize("shard", ["optimizer", "gradients"])
+def test_sharded_with_the_optimizer_handed_over_and_clipping_equals_no_sharding(shard):
+    """The loop is unchanged but for DataParallel(shard=, optimizer=) and model.clip_grad_norm_;
+    TiedNet's tied weight and its branch without gradients on odd steps go through the shards."""
+    for world in (2, 3):
+        plain = run_ranks(world, train_loop, "ddtrain", B, STEPS, True, None, "none", 0.05)
+        sharded = run_ranks(world, train_loop, "ddtrain", B, STEPS, True, None, shard, 0.05)
+        for rank in sharded:
+            assert_same_params(rank["params"], plain[0]["params"])
+            for key, value in sharded[0]["params"].items():  # replicas identical
+                np.testing.assert_array_equal(rank["params"][key], value, err_msg=key)
+
+
 def test_torch_ddp_in_the_same_loop_agrees(one_process):
     ranks = run_ranks(2, train_loop, "ddp", B, STEPS)
     for rank in ranks:
@@ -72,3 +85,13 @@ def test_a_module_on_another_device_is_refused_with_the_fix():
     model = TiedNet().to("meta")
     with pytest.raises(ValueError, match=r"module.to\(ddtrain.init\(\).device\)"):
         DataParallel(model)
+
+
+def test_sharding_without_the_optimizer_or_an_unknown_mode_is_refused_with_the_fix():
+    from ddtrain.api.data_parallel import DataParallel
+
+    with pytest.raises(ValueError, match=r"shard='gradients' splits the optimizer's state .* fix: "
+                                         r"DataParallel\(module, shard=\.\.\., optimizer="):
+        DataParallel(TiedNet(), shard="gradients")
+    with pytest.raises(ValueError, match="shard='zero3': choose one of none, optimizer, gradients"):
+        DataParallel(TiedNet(), shard="zero3")

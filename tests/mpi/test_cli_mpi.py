@@ -121,3 +121,21 @@ def test_bad_override_under_mpirun_fails_fast_in_one_line(tmp_path, override, ne
     assert needle in errors[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_mpirun_sharded_gradients_ends_with_the_unsharded_jobs_parameters(tmp_path, two_rank_job):
+    cwd, _ = two_rank_job("gpt")
+    (plain_dir,) = run_dirs_under(cwd)
+    run_dir = tmp_path / "sharded"
+    proc = run_cli([*model_args("gpt", B), "comm.shard=gradients", f"hydra.run.dir={run_dir}"], np_=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shard=gradients (gradients reduce-scattered" in proc.stderr
+    assert "of training state per rank" in proc.stderr
+    got = torch.load(run_dir / "model.pt", weights_only=True)
+    want = torch.load(plain_dir / "model.pt", weights_only=True)
+    for key in want:  # tolerance as in tests/gloo/test_sharded.py
+        torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-7, msg=key)
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    plain = [json.loads(line) for line in open(plain_dir / "metrics.jsonl")]
+    assert 0 < records[-1]["optimizer_bytes"] < plain[-1]["optimizer_bytes"]
+    assert records[-1]["state_bytes_per_worker"] < plain[-1]["state_bytes_per_worker"]

@@ -14,6 +14,8 @@ from ddtrain.metrics.processor import StepView, Workload, per_step_timings
 class FakeClock:
     """Hands out fixed phase durations for however many steps were taken since the last drain."""
 
+    device = torch.device("cpu")
+
     def __init__(self, durations: dict[str, float]):
         self.durations, self.pending = durations, 0
 
