@@ -42,7 +42,8 @@ def test_an_optimizer_whose_update_is_not_elementwise_is_refused_by_name():
     p = [torch.nn.Parameter(torch.zeros(3))]
     for ok in (torch.optim.AdamW(p), torch.optim.SGD(p, lr=0.1, momentum=0.9), torch.optim.Adam(p)):
         check_elementwise(ok, "gradients")
-    with pytest.raises(ValueError, match=r"comm.shard=optimizer .* LBFGS is not one of them; fix: comm.shard=none"):
+    with pytest.raises(ValueError, match=r"comm.shard=optimizer .* LBFGS is not one of them; "
+                                         r"fix: comm.shard=none"):
         check_elementwise(torch.optim.LBFGS(p), "optimizer")
 
 
