@@ -64,6 +64,10 @@ class ShardedReducer(GradReducer):
                              "fix: cast the model to one dtype (mixed precision comes from autocast)")
         self.shard = shard
         self.pool = max(1, pool)
+        self._gloo = dist.get_backend(group) == "gloo"
+        # Broadcasts name their source by global rank.
+        self._ranks = [dist.get_global_rank(group, r) if group is not None else r
+                       for r in range(world_size)]
         self.overlap_gather = overlap_gather
         self.layout: ShardLayout  # set by _bucket_buffers, which the base class calls
         # Triton packing fills a bucket from p.grad at launch time; sharding drops p.grad at the
@@ -166,6 +170,9 @@ class ShardedReducer(GradReducer):
         self._deferred[bucket] = []
         # The pool buffer may hold a larger bucket's tail from before; padding must be finite.
         self.buffers[bucket][self.plan.sizes[bucket]:].zero_()
+        if self._gloo:  # Gloo's single-tensor reduce-scatter is the slower of its two (BENCHMARKS.md)
+            chunks = list(self.buffers[bucket].chunk(self.world_size))
+            return dist.reduce_scatter(self._rs_out[bucket], chunks, group=self.group, async_op=True)
         return dist.reduce_scatter_single(self._rs_out[bucket], self.buffers[bucket], group=self.group,
                                           async_op=True)
 
@@ -187,20 +194,29 @@ class ShardedReducer(GradReducer):
 
     # ------------------------------------------------------------------ after the update
     def start_gather(self) -> None:
-        """All-gather every bucket's updated shards, the first layers' bucket first."""
+        """All-gather every bucket's updated shards, the first layers' bucket first. On Gloo
+        each rank broadcasts its shard instead (N broadcasts per bucket): Gloo's all-gather is
+        the slower there (BENCHMARKS.md)."""
         for b in reversed(range(len(self.plan))):
-            lo, hi = self.layout.own(b)
-            self._gathers[b] = dist.all_gather_single(self.flat_params[b], self.flat_params[b][lo:hi],
-                                                           group=self.group, async_op=True)
+            flat, size = self.flat_params[b], self.layout.size(b)
+            if self._gloo:
+                self._gathers[b] = [dist.broadcast(flat[r * size:(r + 1) * size], src=self._ranks[r],
+                                                   group=self.group, async_op=True)
+                                    for r in range(self.world_size)]
+            else:
+                lo, hi = self.layout.own(b)
+                self._gathers[b] = [dist.all_gather_single(flat, flat[lo:hi], group=self.group,
+                                                           async_op=True)]
         if not self.overlap_gather:
             self.gathered()
 
     def gathered(self, buckets=None) -> None:
         """Wait until ``buckets`` (all: None) hold every rank's updated parameters."""
         for b in range(len(self.plan)) if buckets is None else buckets:
-            work = self._gathers[b]
-            if work is not None:
-                work.wait()
+            works = self._gathers[b]
+            if works is not None:
+                for work in works:
+                    work.wait()
                 self._gathers[b] = None
 
     def _forward_prehooks(self, module: nn.Module) -> list:

@@ -20,7 +20,7 @@ CATEGORIES = ("param_bytes", "grad_bytes", "optimizer_bytes", "comm_buffer_bytes
 
 def _tensors(obj) -> Iterable[torch.Tensor]:
     if torch.is_tensor(obj):
-        yield obj
+        yield obj.to_local() if hasattr(obj, "to_local") else obj  # a DTensor: this rank's shard
     elif isinstance(obj, dict):
         for v in obj.values():
             yield from _tensors(v)
@@ -36,12 +36,13 @@ def state_bytes(engine, optimizer: torch.optim.Optimizer) -> dict[str, int]:
         "param_bytes": held.get("params", []),
         "comm_buffer_bytes": held.get("comm", []),
         "grad_bytes": held.get("grads", []),
-        "optimizer_bytes": list(_tensors(list(optimizer.state.values()))),
+        # torch's ZeroRedundancyOptimizer keeps this rank's state in a local optimizer, ``.optim``.
+        "optimizer_bytes": list(_tensors(list(getattr(optimizer, "optim", optimizer).state.values()))),
     }
     seen: set[int] = set()
     out = dict.fromkeys(CATEGORIES, 0)
     for category in ("param_bytes", "comm_buffer_bytes", "grad_bytes", "optimizer_bytes"):
-        for t in groups[category]:
+        for t in _tensors(groups[category]):
             storage = t.untyped_storage()
             if storage.data_ptr() in seen or storage.nbytes() == 0:
                 continue

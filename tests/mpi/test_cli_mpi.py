@@ -134,7 +134,7 @@ def test_mpirun_sharded_gradients_ends_with_the_unsharded_jobs_parameters(tmp_pa
     got = torch.load(run_dir / "model.pt", weights_only=True)
     want = torch.load(plain_dir / "model.pt", weights_only=True)
     for key in want:  # tolerance as in tests/gloo/test_sharded.py
-        torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-7, msg=key)
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     plain = [json.loads(line) for line in open(plain_dir / "metrics.jsonl")]
     assert 0 < records[-1]["optimizer_bytes"] < plain[-1]["optimizer_bytes"]
