@@ -76,6 +76,9 @@ class ScaleConfig:
     # Where the cluster device's one-worker times come from: auto | measured | roofline
     # (ddtrain/scaling/device_model.py); auto measures when the cluster's GPU is this machine's.
     device_model: str = "auto"
+    # Device memory per worker, GB: the report gives the largest model whose training state fits
+    # at each size under comm.shard none / optimizer / gradients (0: no such table).
+    memory_gb: float = 0.0
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -261,6 +264,9 @@ def parse_study(raw: Mapping[str, Any], cwd: Path | None = None) -> tuple[TrainC
             "scale.predict_only=true needs a cluster preset to predict for (e.g. cluster=dgx_h100); "
             "cluster=local is calibrated from measured runs"
         )
+    if scale.memory_gb < 0:
+        raise ConfigError(f"scale.memory_gb={scale.memory_gb} must be >= 0 (GB of device memory per worker; "
+                          "0: no largest-model table)")
     if scale.write_cluster and (scale.predict_only or cluster.device):
         raise ConfigError(
             f"scale.write_cluster={scale.write_cluster} writes the cluster a study calibrates from its own "

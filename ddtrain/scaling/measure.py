@@ -37,7 +37,13 @@ def trimmed_per_step(records: list[dict], warmup: int) -> dict[str, list[float]]
         for key, values in (rec.get("per_step") or {}).items():
             if values is not None:
                 per_step.setdefault(key, []).extend(values)
-    return {k: v[warmup:] for k, v in per_step.items()}
+    out = {k: v[warmup:] for k, v in per_step.items()}
+    # The run's training state per worker (counted once, carried by every record), one entry per
+    # step so that pooling runs keeps it with their steps.
+    state = records[-1].get("state_bytes_per_worker") if records else None
+    if state is not None:
+        out["state_bytes_per_worker"] = [float(state)] * len(out.get("step_time_s", []))
+    return out
 
 
 def summarise(per_step: dict[str, list[float]]) -> dict:
@@ -57,6 +63,7 @@ def summarise(per_step: dict[str, list[float]]) -> dict:
         "comm_exposed_s": phase("comm_exposed_s"),
         "data_s": phase("data_s"),
         "optimizer_s": phase("optimizer_s"),
+        "state_bytes_per_worker": phase("state_bytes_per_worker"),
         "cv": robust_cv(steps),  # jitter for the straggler model
         "per_step": per_step,
     }

@@ -18,6 +18,12 @@ A step at N workers is predicted as
   z_128 = 2.6). ``cv`` is the measured step-time jitter (sd / median) of one worker.
 * K is the cluster's node-sharing slowdown (1 for one GPU per worker; measured on CPU nodes,
   where workers share cores and memory bandwidth).
+* Sharded data parallel (``Profile.shard``, comm.shard): ``optimizer`` all-reduces as above,
+  ``gradients`` reduce-scatters each bucket (half an all-reduce: half the steps, half the
+  traffic); both step 1/N of the optimizer and then all-gather every bucket (half an
+  all-reduce again). The gathers start after the update, the first layers' bucket first, and
+  the next forward waits for each bucket when it reaches its layers; what it waits is the
+  exposed gather, added to the step (all of it when nothing overlaps).
 
 Pure functions only: no torch, no process group.
 """
@@ -52,6 +58,7 @@ class Profile:
     flops_per_sample: float  # training (forward + backward) FLOPs
     cv: float = 0.0  # step-time jitter of one worker: robust sd / median (scaling/spread.py)
     overlap: bool = True  # False: all-reduces start only after backward (no hooks)
+    shard: str = "none"  # comm.shard: none | optimizer | gradients
 
     @property
     def compute_s(self) -> float:
@@ -210,6 +217,9 @@ class StepPrediction:
     comm_exposed_s: float  # the part that did not hide behind backward
     straggler: float
     own_compute_s: float = 0.0  # forward + backward of one rank, without waiting for the slowest
+    optimizer_s: float = 0.0  # the update: 1/N of one worker's when the optimizer is sharded
+    gather_s: float = 0.0  # sharded: every bucket's all-gather, end to end
+    gather_exposed_s: float = 0.0  # the part of it the next forward waits for
 
     @property
     def comm_hidden_frac(self) -> float:
@@ -251,16 +261,42 @@ def predict_step(p: Profile, c: Cluster, n: int,
     sharing = c.node_slowdown if n > 1 else 1.0
     s = straggler_factor(n, cv) * sharing
     fwd, bwd = s * p.forward_s, s * p.backward_s
+    sharded = p.shard != "none" and n > 1
     end = 0.0
     comm = 0.0
+    halves = []  # a bucket's all-gather (and reduce-scatter) time: half its all-reduce's
     for b in p.buckets:
         t = allreduce_time(b.nbytes, n, c, (measured or {}).get(n))
+        halves.append(t / 2)
+        if p.shard == "gradients":
+            t /= 2
         ready = fwd + (b.ready * bwd if p.overlap else bwd)
         end = max(end, ready) + t
         comm += t
     exposed = max(0.0, end - (fwd + bwd)) if p.buckets and n > 1 else 0.0
-    step = p.data_s + fwd + bwd + exposed + p.optimizer_s
-    return StepPrediction(n, step, fwd + bwd, comm, exposed, s, sharing * p.compute_s)
+    optimizer = p.optimizer_s / n if sharded else p.optimizer_s
+    gather = sum(halves) if sharded else 0.0
+    waited = gather_wait(p, fwd, halves) if sharded else 0.0
+    step = p.data_s + fwd + bwd + exposed + optimizer + waited
+    return StepPrediction(n, step, fwd + bwd, comm, exposed, s, sharing * p.compute_s, optimizer,
+                          gather, waited)
+
+
+def gather_wait(p: Profile, fwd: float, gathers: list[float]) -> float:
+    """How long the next forward waits for the buckets' all-gathers (one after another, the
+    last bucket, which holds the first layers, first). A bucket's layers take the forward's
+    share that their backward took (between the previous bucket's ready point and its own), and
+    the data wait overlaps the gathers too. Without overlap every gather is waited for."""
+    if not p.overlap:
+        return sum(gathers)
+    clock = p.data_s  # the forward starts when its batch is there
+    gathered = 0.0
+    previous_ready = [0.0] + [b.ready for b in p.buckets[:-1]]
+    for k in reversed(range(len(p.buckets))):
+        gathered += gathers[k]
+        clock = max(clock, gathered) + fwd * max(0.0, p.buckets[k].ready - previous_ready[k])
+    clock += fwd * max(0.0, 1.0 - p.buckets[-1].ready) if p.buckets else fwd
+    return max(0.0, clock - (p.data_s + fwd))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from ddtrain.perf.peak import Peak
 from ddtrain.scaling.config import GivenRate, ScaleConfig
 from ddtrain.scaling.device_model import RooflineProfile, roofline_profile
 from ddtrain.scaling.measure import StudyError, per_worker_batch
+from ddtrain.scaling.memory import COMM_BYTES, StateModel, optimizer_state_bytes
 from ddtrain.scaling.model import (
     SENSITIVITY,
     Cluster,
@@ -53,6 +54,7 @@ class Point:
     one_node_rate: float | None = None
     # Predicted rows: the step time with each input of model.SENSITIVITY varied.
     varied_step_s: dict[str, float] = field(default_factory=dict)
+    state_bytes: float | None = None  # training state per worker (scaling/memory.py; measured: counted)
 
     def row(self) -> dict:
         n, batch, step = self.world_size, self.batch_per_worker, self.step_time_s
@@ -72,6 +74,7 @@ class Point:
             "tflops_per_worker": achieved / 1e12, "tflops_total": n * achieved / 1e12,
             "fraction_of_peak": fraction_of_peak(achieved, self.peak),
             "peak_tflops": self.peak.flops / 1e12, "peak_source": self.peak.label, "cluster": self.cluster,
+            "state_bytes_per_worker": self.state_bytes,
         }
 
 
@@ -99,7 +102,21 @@ class Profiles:
     roofline_device: str = ""
     roofline_runs: dict[int, RooflineProfile] = field(default_factory=dict)
 
+    def state_model(self) -> StateModel:
+        """The training state's bytes per parameter for this config (``scaling/memory.py``)."""
+        c = self.cfg
+        return StateModel(param_bytes=4, comm_bytes=COMM_BYTES[c.comm.dtype],
+                          optimizer_bytes=optimizer_state_bytes(c.optim.name, c.optim.momentum),
+                          bucket_bytes=c.comm.bucket_mb * 2**20)
+
+    def params(self, p: Profile) -> int:
+        return p.grad_bytes // COMM_BYTES[self.cfg.comm.dtype]
+
     def profile(self, batch: int, mode: str) -> Profile:
+        """The worker at ``batch``, sharded as the study's runs are (comm.shard)."""
+        return replace(self._carried(batch, mode), shard=self.cfg.comm.shard)
+
+    def _carried(self, batch: int, mode: str) -> Profile:
         p = self._here(batch, mode)
         if self.given is not None and self.given.given:
             one = self._here(per_worker_batch(self.fixed_batches, mode, 1), mode)
@@ -177,12 +194,13 @@ def predicted_points(scale: ScaleConfig, mode: str, profiles: Profiles, cluster:
         pred = predict_step(profile, cluster, n, measured)
         varied = {key: predict_step(profile, c, n, measured).step_s
                   for key, c in varied_clusters(profile, cluster).items()}
+        state = profiles.state_model().state_bytes(profile.shard, n, profiles.params(profile))
         points.append(Point(mode=mode, kind="predicted", world_size=n, batch_per_worker=batch,
                             step_time_s=pred.step_s, one_worker_rate=one_worker_batch / one_worker_step,
                             flops_per_sample=base.flops_per_sample, peak=peak, cluster=cluster.name,
                             compute_s=pred.own_compute_s, comm_exposed_s=pred.rank_exposed_s,
                             comm_total_s=pred.comm_s, node_size=node, one_node_rate=node_rate,
-                            varied_step_s=varied))
+                            varied_step_s=varied, state_bytes=state))
     return points
 
 
@@ -202,7 +220,8 @@ def measured_points(scale: ScaleConfig, mode: str, profiles: Profiles, flops_per
                             step_time_s=m["step_time_s"], one_worker_rate=one_worker_rate,
                             flops_per_sample=flops_per_sample, peak=peak, cluster="this machine",
                             step_time_p90_s=m["step_time_p90_s"], compute_s=m["compute_s"],
-                            comm_exposed_s=m["comm_exposed_s"], data_s=m["data_s"]))
+                            comm_exposed_s=m["comm_exposed_s"], data_s=m["data_s"],
+                            state_bytes=m.get("state_bytes_per_worker")))
     return points
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ddtrain.comm.shards import SHARD_MODES
 from ddtrain.config import TrainConfig
 from ddtrain.launcher.cores import usable_cpus
 from ddtrain.launcher.hostfile import HostfileError, ranks_per_node, read_hostfile
@@ -32,6 +33,7 @@ from ddtrain.scaling.measure import (
     calibrate_allreduce,
     measure_node_slowdown,
 )
+from ddtrain.scaling.memory import StateModel
 from ddtrain.scaling.model import Cluster, MeasuredAllReduce
 from ddtrain.scaling.report import format_sensitivity, format_table, write_report
 from ddtrain.scaling.rows import Profiles, model_error, study_rows
@@ -373,7 +375,7 @@ def report(study: Study, rows: list[dict], meta: dict, per_step: dict, cluster_n
              f"cluster {cluster_name}")
     paths = write_report(study.study_dir, rows, meta, per_step, title=title)
     print("\n".join([format_table(rows, study.scale.baseline), *format_sensitivity(rows),
-                     *devices_used(rows, meta)]), flush=True)
+                     *devices_used(rows, meta), *format_largest(meta, study.scale.memory_gb)]), flush=True)
     jitter = meta["jitter"]
     log.info("step-time jitter used: cv %s (%s)", ", ".join(
         f"{v:.3f} at batch {b}" for b, v in jitter["cv_by_batch"].items()), jitter["source"])
@@ -396,9 +398,32 @@ def run_study(cfg: TrainConfig, scale: ScaleConfig, cluster: Cluster, study_dir:
                       model.measured)
     errors = {} if cluster.device else model_error(rows)
     meta = study_meta(study, model, errors)
+    if scale.memory_gb:
+        meta["largest_model_params"] = largest_models(scale, model.profiles.state_model())
     if scale.write_cluster:
         write_calibrated_cluster(study, model, meta)
     return report(study, rows, meta, per_step_by_run(scale, measured), model.cluster.name)
+
+
+def largest_models(scale: ScaleConfig, state: StateModel) -> dict[str, dict[str, int]]:
+    """Per shard mode and size: the most parameters whose training state fits in
+    ``scale.memory_gb`` per worker (activations not counted)."""
+    memory = scale.memory_gb * 1e9
+    return {shard: {str(n): state.largest_model(memory, shard, n) for n in scale.sizes_to_predict()}
+            for shard in SHARD_MODES}
+
+
+def format_largest(meta: dict, memory_gb: float) -> list[str]:
+    table = meta.get("largest_model_params")
+    if not table:
+        return []
+    sizes = list(next(iter(table.values())))
+    lines = [f"largest model whose training state fits in {memory_gb:g} GB per worker (parameters; "
+             "activations not counted):",
+             "  workers    " + "".join(f"{n:>10}" for n in sizes)]
+    for shard, by_n in table.items():
+        lines.append(f"  {shard:<10} " + "".join(f"{by_n[n] / 1e9:>9.2f}B" for n in sizes))
+    return lines
 
 
 def write_calibrated_cluster(study: Study, model: ModelInputs, meta: dict) -> Path:

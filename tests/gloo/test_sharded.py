@@ -28,6 +28,7 @@ from ddtrain.ckpt import catalog
 from ddtrain.ckpt.file import load
 from ddtrain.config import OptimConfig
 from ddtrain.models.gpt import GPTConfig
+from ddtrain.scaling.memory import StateModel
 from ddtrain.trainer import train
 from tests.gloo.harness import run_ranks
 from tests.gloo.workloads import MODELS, params_of, tiny, train_each
@@ -118,6 +119,13 @@ def test_the_training_state_per_rank_shrinks_with_each_mode():
     # optimizer: the averaged gradient is the full bucket; gradients: only the shard is kept.
     assert mem["optimizer"]["comm_buffer_bytes"] == pytest.approx(params, rel=0.01)
     assert mem["gradients"]["grad_bytes"] == pytest.approx(params / 2, rel=0.05)
+    # The study's memory model (scaling/memory.py) predicts the counts, padding aside; its two
+    # bucket buffers are two buckets of the cap, an upper bound of the pool's two largest.
+    state = StateModel(optimizer_bytes=8, bucket_bytes=cfgs["none"].comm.bucket_mb * 2**20)
+    for mode in ("none", *MODES):
+        predicted = state.state_bytes(mode, 2, params // 4)
+        assert mem[mode]["state_bytes_per_worker"] == pytest.approx(predicted, rel=0.05), mode
+        assert mem[mode]["state_bytes_per_worker"] <= predicted * 1.01, mode
     totals = [mem[m]["state_bytes_per_worker"] for m in ("none", *MODES)]
     assert totals[0] > totals[1] > totals[2], totals
     assert all(mem[m]["peak_memory_bytes"] > 0 for m in mem)

@@ -209,3 +209,23 @@ def test_validation_horovod_128_gpus_25gbe_roce(layers, images_per_s, published)
     curve = scaling_curve(prof, preset("roce25_4gpu"), [1, 128], "weak")
     assert abs(curve[1].efficiency - published) <= 0.03, curve[1]
     assert math.isclose(curve[0].efficiency, 1.0)
+
+
+def test_sharding_halves_the_optimizer_and_adds_a_gather_that_the_next_forward_hides():
+    c = flat(bw_GBps=1.0)  # 2 workers: an all-reduce of S bytes takes S / 1 GB/s
+    buckets = (Bucket(int(40e6), 0.5), Bucket(int(20e6), 1.0))  # 40 and 20 ms of all-reduce
+    none = predict_step(_profile(buckets, optimizer_s=0.08), c, 2)
+    zero1 = predict_step(_profile(buckets, optimizer_s=0.08, shard="optimizer"), c, 2)
+    zero2 = predict_step(_profile(buckets, optimizer_s=0.08, shard="gradients"), c, 2)
+    assert (none.optimizer_s, zero1.optimizer_s, zero2.optimizer_s) == pytest.approx((0.08, 0.04, 0.04))
+    assert (none.gather_s, zero1.gather_s) == pytest.approx((0.0, 0.030))  # half of each all-reduce
+    assert zero2.comm_s == pytest.approx(none.comm_s / 2)  # a reduce-scatter: half an all-reduce
+    # The forward (100 ms) needs the last bucket (first layers, half of the forward) first: it waits
+    # its 10 ms gather, then the other bucket's 20 ms gather hides behind that half's 50 ms.
+    assert zero1.gather_exposed_s == pytest.approx(0.010)
+    assert zero1.step_s == pytest.approx(none.step_s - 0.04 + 0.010)
+    # Without overlap every gather is waited for; one worker shards nothing.
+    flat_out = predict_step(_profile(buckets, overlap=False, optimizer_s=0.08, shard="optimizer"), c, 2)
+    assert flat_out.gather_exposed_s == pytest.approx(0.030)
+    alone = predict_step(_profile(buckets, optimizer_s=0.08, shard="gradients"), c, 1)
+    assert (alone.optimizer_s, alone.gather_s) == (0.08, 0.0)
