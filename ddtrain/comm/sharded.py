@@ -10,9 +10,11 @@ parameters again.
 - ``optimizer``: gradients are all-reduced as without sharding (the full averaged bucket stays
   on every rank); the optimizer state is 1/N.
 - ``gradients``: each bucket is reduce-scattered the moment it is full, so a rank keeps only its
-  shard of the averaged gradient. Buckets are filled into a small pool of buffers (``pool``,
-  bucket b uses buffer b mod pool), so the full gradient never exists at once: a bucket waits
-  for the reduce-scatter of the one that used its buffer before it.
+  shard of the averaged gradient (on Gloo, whose all-reduce is faster than its reduce-scatters,
+  the bucket is all-reduced and the shard copied out: the same bytes kept, the same result).
+  Buckets are filled into a small pool of buffers (``pool``, bucket b uses buffer b mod pool),
+  so the full gradient never exists at once: a bucket waits for the reduce-scatter of the one
+  that used its buffer before it.
 
 In both, a parameter's own ``.grad`` is dropped as soon as it is copied into its bucket, and
 the all-gathers run while the next forward starts: a module's forward pre-hook waits only for
@@ -133,6 +135,7 @@ class ShardedReducer(GradReducer):
     def _reset(self) -> None:
         super()._reset()
         self._holder = [None] * self.pool  # the bucket each pool buffer is filled by now
+        self._taken = [False] * len(self.plan)  # its reduced shard is out of the pool buffer
         self._deferred: list[list[int]] = [[] for _ in self.plan.members]
 
     def _fill(self, idx: int, grad: torch.Tensor | None) -> None:
@@ -155,9 +158,20 @@ class ShardedReducer(GradReducer):
             return False
         previous = self._holder[k]
         if previous is not None:
-            self._works[previous].wait()
+            self._take_shard(previous)
         self._holder[k] = bucket
         return True
+
+    def _take_shard(self, bucket: int) -> None:
+        """Wait for ``bucket``'s reduction; where it was an all-reduce (Gloo), copy this rank's
+        shard out of the pool buffer before another bucket reuses it."""
+        if self._taken[bucket]:
+            return
+        self._works[bucket].wait()
+        if self._gloo:
+            lo, hi = self.layout.own(bucket)
+            self._rs_out[bucket].copy_(self.buffers[bucket][lo:hi])
+        self._taken[bucket] = True
 
     def _launch(self, bucket: int):
         if self.shard == "optimizer":
@@ -170,9 +184,8 @@ class ShardedReducer(GradReducer):
         self._deferred[bucket] = []
         # The pool buffer may hold a larger bucket's tail from before; padding must be finite.
         self.buffers[bucket][self.plan.sizes[bucket]:].zero_()
-        if self._gloo:  # Gloo's single-tensor reduce-scatter is the slower of its two (BENCHMARKS.md)
-            chunks = list(self.buffers[bucket].chunk(self.world_size))
-            return dist.reduce_scatter(self._rs_out[bucket], chunks, group=self.group, async_op=True)
+        if self._gloo:  # Gloo's reduce-scatters are slower than its all-reduce (BENCHMARKS.md)
+            return dist.all_reduce(self.buffers[bucket], group=self.group, async_op=True)
         return dist.reduce_scatter_single(self._rs_out[bucket], self.buffers[bucket], group=self.group,
                                           async_op=True)
 
@@ -184,8 +197,11 @@ class ShardedReducer(GradReducer):
         self.gathered()
         if self._next < len(self.plan):
             self._complete_unfinished()
-        for work in self._works:
-            work.wait()
+        for bucket, work in enumerate(self._works):
+            if self.shard == "gradients":
+                self._take_shard(bucket)
+            else:
+                work.wait()
         for dst, src in self._copies:
             dst.copy_(src)
         for t, g in zip(self.piece_tensors, self._piece_grads):

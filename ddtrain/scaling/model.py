@@ -20,8 +20,8 @@ A step at N workers is predicted as
   where workers share cores and memory bandwidth).
 * Sharded data parallel (``Profile.shard``, comm.shard): ``optimizer`` all-reduces as above,
   ``gradients`` reduce-scatters each bucket (half an all-reduce: half the steps, half the
-  traffic); both step 1/N of the optimizer and then all-gather every bucket (half an
-  all-reduce again). The gathers start after the update, the first layers' bucket first, and
+  traffic; ``Profile.scatter_share``); both step 1/N of the optimizer and then all-gather every
+  bucket (half an all-reduce again). The gathers start after the update, the first layers' bucket first, and
   the next forward waits for each bucket when it reaches its layers; what it waits is the
   exposed gather, added to the step (all of it when nothing overlaps).
 
@@ -59,6 +59,9 @@ class Profile:
     cv: float = 0.0  # step-time jitter of one worker: robust sd / median (scaling/spread.py)
     overlap: bool = True  # False: all-reduces start only after backward (no hooks)
     shard: str = "none"  # comm.shard: none | optimizer | gradients
+    # A reduce-scatter's time as a share of an all-reduce's of the same bucket: 0.5 (half the
+    # steps and traffic, NCCL); 1 where ddtrain all-reduces instead (Gloo, comm/sharded.py).
+    scatter_share: float = 0.5
 
     @property
     def compute_s(self) -> float:
@@ -269,7 +272,7 @@ def predict_step(p: Profile, c: Cluster, n: int,
         t = allreduce_time(b.nbytes, n, c, (measured or {}).get(n))
         halves.append(t / 2)
         if p.shard == "gradients":
-            t /= 2
+            t *= p.scatter_share
         ready = fwd + (b.ready * bwd if p.overlap else bwd)
         end = max(end, ready) + t
         comm += t

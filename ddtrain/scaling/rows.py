@@ -101,6 +101,7 @@ class Profiles:
     given: GivenRate | None = None
     roofline_device: str = ""
     roofline_runs: dict[int, RooflineProfile] = field(default_factory=dict)
+    scatter_share: float = 0.5  # model.Profile.scatter_share for the workers predicted
 
     def state_model(self) -> StateModel:
         """The training state's bytes per parameter for this config (``scaling/memory.py``)."""
@@ -114,7 +115,8 @@ class Profiles:
 
     def profile(self, batch: int, mode: str) -> Profile:
         """The worker at ``batch``, sharded as the study's runs are (comm.shard)."""
-        return replace(self._carried(batch, mode), shard=self.cfg.comm.shard)
+        return replace(self._carried(batch, mode), shard=self.cfg.comm.shard,
+                       scatter_share=self.scatter_share)
 
     def _carried(self, batch: int, mode: str) -> Profile:
         p = self._here(batch, mode)
