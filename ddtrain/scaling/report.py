@@ -23,6 +23,7 @@ COLUMNS: tuple[str, ...] = (
     "efficiency_cv_half", "efficiency_cv_double", "efficiency_links_minus_20pct",
     "efficiency_links_plus_20pct",
     "tflops_per_worker", "tflops_total", "fraction_of_peak", "peak_tflops", "peak_source", "cluster",
+    "state_bytes_per_worker",
 )
 
 # Row key -> (summary tag prefix, per-run hparams metric tag). Units ride in the tag name.
