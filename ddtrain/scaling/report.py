@@ -49,7 +49,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerow(COLUMNS)
         for row in rows:
             # str(float) is repr in Python 3: the shortest text that parses back to the same float.
-            writer.writerow("" if row[key] is None else row[key] for key in COLUMNS)
+            writer.writerow("" if row.get(key) is None else row[key] for key in COLUMNS)
 
 
 def write_json(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ def row(mode: str, kind: str, n: int, efficiency: float) -> dict:
         "speedup": n * efficiency, "scaling_efficiency": efficiency, "tflops_per_worker": tflops,
         "tflops_total": tflops * n, "fraction_of_peak": tflops / PEAK, "peak_tflops": PEAK,
         "peak_source": "datasheet: H100 SXM BF16 dense", "cluster": "h100-ib",
+        "state_bytes_per_worker": 16e6 if n == 1 else 12e6 + 4e6 / n,
         "scaling_efficiency_vs_node": None if measured or n < 8 else efficiency / 0.97,
         "node_size": None if measured else 8,
         **{f"efficiency_{key}": None if measured else efficiency + delta
