@@ -22,7 +22,7 @@ from ddtrain.config import TrainConfig, to_flat_dict, to_mapping
 from ddtrain.data import build_dataset, spec_of
 from ddtrain.data.feed import loader_workers, to_device, train_loader, val_batches
 from ddtrain.data.loader import ShardLoader
-from ddtrain.dist.group import DistContext, all_max_each
+from ddtrain.dist.group import DistContext, all_gather_rows, all_max_each
 from ddtrain.errors import JobError
 from ddtrain.evaluate import evaluate
 from ddtrain.fault.replica import check_replicas, verify_replicas
@@ -30,7 +30,7 @@ from ddtrain.launcher.cores import usable_cpus
 from ddtrain.loss import LossFn, build_loss
 from ddtrain.metrics import MetricsProcessor, make_writer
 from ddtrain.metrics.memory import describe as describe_memory
-from ddtrain.metrics.memory import state_bytes
+from ddtrain.metrics.memory import peak_bytes, state_bytes
 from ddtrain.metrics.processor import StepView, Workload
 from ddtrain.models import build_model
 from ddtrain.optim import build_optimizer
@@ -261,6 +261,10 @@ def _log_memory(ctx: DistContext, mine: dict[str, int], metrics: MetricsProcesso
     keys = sorted(mine)
     counted = {k: int(v) for k, v in zip(keys, all_max_each(ctx, [float(mine[k]) for k in keys]))}
     log.info("memory: %s (the largest rank's, counted after the first update)", describe_memory(counted))
+    peaks = all_gather_rows(ctx, torch.tensor([float(peak_bytes(ctx.device))], dtype=torch.float64))
+    kind = "GPU memory allocated" if ctx.device.type == "cuda" else "RSS"
+    log.info("peak %s per rank so far: %s", kind,
+             ", ".join(f"rank {r} {p / 2**20:.0f} MiB" for r, p in enumerate(peaks[:, 0].tolist())))
     metrics.memory = counted
 
 

@@ -11,7 +11,9 @@ A step at N workers is predicted as
 
 * All-reduces run one at a time on one stream (as in ddtrain's reducer, DDP and Horovod), each
   starting when its bucket is ready and the previous one has finished. Whatever finishes after
-  backward is exposed; the rest hid behind the remaining backward.
+  backward is exposed; the rest hid behind the remaining backward. Where no core is spare for
+  communication (``Profile.overlap`` False), the part that ran during backward took the core
+  from it: backward is longer by that much, and the step is as if nothing overlapped.
 * Each all-reduce costs alpha-beta (Hockney) time for its algorithm (``allreduce_time``).
 * S_N = 1 + z_N * cv is the straggler factor: a synchronous step waits for the slowest of N
   workers, and the expected maximum of N normal samples is mean + z_N * sd (z_2 = 0.56,
@@ -57,7 +59,10 @@ class Profile:
     buckets: tuple[Bucket, ...]  # launch order
     flops_per_sample: float  # training (forward + backward) FLOPs
     cv: float = 0.0  # step-time jitter of one worker: robust sd / median (scaling/spread.py)
-    overlap: bool = True  # False: all-reduces start only after backward (no hooks)
+    # False: no core is spare for communication (CPU workers filling every core). The
+    # all-reduces still start during backward, but take the core from it: backward stretches by
+    # the time they overlap it, so the step is as long as if nothing overlapped.
+    overlap: bool = True
     shard: str = "none"  # comm.shard: none | optimizer | gradients
     # A reduce-scatter's time as a share of an all-reduce's of the same bucket: 0.5 (half the
     # steps and traffic, NCCL); 1 where ddtrain all-reduces instead (Gloo, comm/sharded.py).
@@ -265,7 +270,7 @@ def predict_step(p: Profile, c: Cluster, n: int,
     s = straggler_factor(n, cv) * sharing
     fwd, bwd = s * p.forward_s, s * p.backward_s
     sharded = p.shard != "none" and n > 1
-    end = 0.0
+    end = after = 0.0  # the last all-reduce's end, launched during backward / after it
     comm = 0.0
     halves = []  # a bucket's all-gather (and reduce-scatter) time: half its all-reduce's
     for b in p.buckets:
@@ -273,16 +278,19 @@ def predict_step(p: Profile, c: Cluster, n: int,
         halves.append(t / 2)
         if p.shard == "gradients":
             t *= p.scatter_share
-        ready = fwd + (b.ready * bwd if p.overlap else bwd)
-        end = max(end, ready) + t
+        end = max(end, fwd + b.ready * bwd) + t
+        after = max(after, fwd + bwd) + t
         comm += t
-    exposed = max(0.0, end - (fwd + bwd)) if p.buckets and n > 1 else 0.0
+    busy = p.buckets and n > 1
+    exposed = max(0.0, end - (fwd + bwd)) if busy else 0.0
+    # No spare core: what overlapped backward stretched it instead of hiding.
+    stretch = 0.0 if p.overlap or not busy else max(0.0, after - (fwd + bwd)) - exposed
     optimizer = p.optimizer_s / n if sharded else p.optimizer_s
     gather = sum(halves) if sharded else 0.0
     waited = gather_wait(p, fwd, halves) if sharded else 0.0
-    step = p.data_s + fwd + bwd + exposed + optimizer + waited
-    return StepPrediction(n, step, fwd + bwd, comm, exposed, s, sharing * p.compute_s, optimizer,
-                          gather, waited)
+    step = p.data_s + fwd + bwd + stretch + exposed + optimizer + waited
+    return StepPrediction(n, step, fwd + bwd + stretch, comm, exposed, s, sharing * p.compute_s + stretch,
+                          optimizer, gather, waited)
 
 
 def gather_wait(p: Profile, fwd: float, gathers: list[float]) -> float:

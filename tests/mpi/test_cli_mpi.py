@@ -131,6 +131,7 @@ def test_mpirun_sharded_gradients_ends_with_the_unsharded_jobs_parameters(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "shard=gradients (gradients reduce-scattered" in proc.stderr
     assert "of training state per rank" in proc.stderr
+    assert "peak RSS per rank so far: rank 0 " in proc.stderr and ", rank 1 " in proc.stderr
     got = torch.load(run_dir / "model.pt", weights_only=True)
     want = torch.load(plain_dir / "model.pt", weights_only=True)
     for key in want:  # tolerance as in tests/gloo/test_sharded.py

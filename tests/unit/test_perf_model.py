@@ -86,8 +86,14 @@ def test_overlap_hides_communication_behind_remaining_backward():
     late = _profile((Bucket(int(50e6), 1.0),))  # ready only at the end: fully exposed
     assert predict_step(early, c, 2).comm_exposed_s == pytest.approx(0.0, abs=1e-12)
     assert predict_step(late, c, 2).comm_exposed_s == pytest.approx(0.05)
-    no_overlap = _profile((Bucket(int(50e6), 0.0),), overlap=False)
-    assert predict_step(no_overlap, c, 2).comm_exposed_s == pytest.approx(0.05)
+    # No spare core: the all-reduce runs during backward but takes the core, so backward
+    # stretches by the 50 ms it overlapped and the step is as long as if nothing overlapped.
+    no_overlap = predict_step(_profile((Bucket(int(50e6), 0.0),), overlap=False), c, 2)
+    assert no_overlap.comm_exposed_s == pytest.approx(0.0, abs=1e-12)
+    assert (no_overlap.compute_s, no_overlap.own_compute_s) == pytest.approx((0.35, 0.35))
+    assert no_overlap.step_s == pytest.approx(predict_step(late, c, 2).step_s)
+    half = predict_step(_profile((Bucket(int(50e6), 0.9),), overlap=False), c, 2)  # 20 ms of backward left
+    assert (half.compute_s, half.comm_exposed_s) == pytest.approx((0.3 + 0.02, 0.03))
     # Buckets queue on one stream: the second starts when the first is done.
     queued = _profile((Bucket(int(150e6), 0.5), Bucket(int(50e6), 0.9)))
     pred = predict_step(queued, c, 2)
