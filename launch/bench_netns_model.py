@@ -72,13 +72,48 @@ def run_spread(directory: Path, n: int) -> str:
     return ", ".join(f"{m:.0f}" for m in medians)
 
 
+def repredicted(directory: Path, meta: dict, rows: dict, n: int) -> dict:
+    """The predicted step and exposed communication at ``n`` workers, made again by this
+    checkout's model from what the study stored: its in-process profile, its one-worker runs,
+    its cluster and its all-reduce calibration. The study's own no-spare-core flag is the one
+    whose step matches the step it predicted (that flag changes the step; later model changes
+    of the split do not)."""
+    import dataclasses
+    import statistics
+
+    from ddtrain.scaling.model import Bucket, Cluster, MeasuredAllReduce, Profile, predict_step
+
+    raw = dict(next(iter(meta["profiles"].values())))
+    raw["buckets"] = tuple(Bucket(**b) for b in raw["buckets"])
+    profile = Profile(**raw)
+    runs = [json.loads(line) for line in (directory / "measurements.jsonl").read_text().splitlines()]
+    ones = [r for r in runs if r["world_size"] == 1]
+    one = rows[("measured", 1)]
+    f = one["compute_s"] / profile.compute_s
+    profile = dataclasses.replace(
+        profile, forward_s=profile.forward_s * f, backward_s=profile.backward_s * f,
+        data_s=one["data_s"] or 0.0,
+        optimizer_s=statistics.median(r["optimizer_s"] for r in ones),
+        cv=statistics.median(r["cv"] for r in ones))
+    fields = {x.name for x in dataclasses.fields(Cluster)}
+    cluster = Cluster(**{k: v for k, v in meta["cluster"].items() if k in fields})
+    calibration = json.loads((directory / "allreduce.json").read_text())["rows"]
+    measured = {n: MeasuredAllReduce(n, tuple((r["size_bytes"], r["time_s"]) for r in calibration),
+                                     cluster.inter_bw_GBps)}
+    study_step = rows[("predicted", n)]["step_time_s"]
+    candidates = [predict_step(dataclasses.replace(profile, overlap=o), cluster, n, measured)
+                  for o in (True, False)]
+    pred = min(candidates, key=lambda p: abs(p.step_s - study_step))
+    return {"step_time_s": pred.step_s, "comm_exposed_s": pred.rank_exposed_s}
+
+
 def error(pred: float | None, meas: float | None) -> str:
     if pred is None or meas is None or meas <= 0:
         return "-"
     return f"{(pred / meas - 1) * 100:+.1f}%"
 
 
-def report(out: Path, rates: list[str], layouts: list[str], workloads: list[str]) -> str:
+def report(out: Path, rates: list[str], layouts: list[str], workloads: list[str], again: bool = False) -> str:
     lines = ["| link | layout | workload | N | step measured (ms) | its runs' medians (ms) | "
              "step predicted (ms) | error | exposed comm measured (ms) | predicted (ms) | error |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -104,7 +139,7 @@ def report(out: Path, rates: list[str], layouts: list[str], workloads: list[str]
                 for (kind, n), meas in sorted(rows.items()):
                     if kind != "measured" or n == 1:
                         continue
-                    pred = rows.get(("predicted", n), {})
+                    pred = repredicted(d, meta, rows, n) if again else rows.get(("predicted", n), {})
                     lines.append(
                         f"| {rate} | {lay} | {workload} | {n} | {meas['step_time_s'] * 1e3:.1f} | "
                         f"{run_spread(d, n)} | "
@@ -132,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPUs of its own per node (default: 0, the nodes share this machine's)")
     p.add_argument("--out", type=Path, default=Path("outputs/netns_model"))
     p.add_argument("--report-only", action="store_true", help="reprint the table from --out")
+    p.add_argument("--repredict", action="store_true",
+                   help="with --report-only: predict again with this model, from the studies' inputs")
     p.add_argument("--lock", type=Path, help="hold this lock file (flock) during each study")
     args = p.parse_args(argv)
     out = args.out.resolve()
@@ -157,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = f"{args.cores} CPU(s) of its own each" if args.cores else "sharing its CPUs"
     print(f"device: {os.cpu_count()}-CPU machine, nodes are network namespaces {cores}; "
           f"{time.strftime('%Y-%m-%d')}; command: {' '.join(sys.argv)}")
-    print(report(out, args.rates, args.layouts, args.workloads))
+    print(report(out, args.rates, args.layouts, args.workloads, again=args.repredict))
     return 0
 
 
