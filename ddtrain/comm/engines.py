@@ -105,11 +105,8 @@ class DdtrainEngine(Engine):
         return "ddtrain reducer: " + self.reducer.describe()
 
 
-class ShardedEngine(Engine):
+class ShardedEngine(DdtrainEngine):
     """ddtrain's reducer with the optimizer state (and gradients) split across ranks."""
-
-    name = "ddtrain"
-    measures_exposed_comm = True
 
     def __init__(self, module: nn.Module, ctx: DistContext, comm: CommConfig, on_event=None,
                  overlap_gather: bool = True):
@@ -118,12 +115,6 @@ class ShardedEngine(Engine):
         self.reducer = ShardedReducer(module, shard=comm.shard, world_size=ctx.world_size,
                                       bucket_mb=comm.bucket_mb, first_bucket_mb=comm.first_bucket_mb,
                                       comm_dtype=comm.dtype, overlap_gather=overlap_gather, on_event=on_event)
-
-    def no_sync(self) -> ContextManager:
-        return self.reducer.no_sync()
-
-    def wait(self) -> None:
-        self.reducer.wait()
 
     def wrap_optimizer(self, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         return self.reducer.shard_optimizer(opt)
@@ -154,9 +145,6 @@ class ShardedEngine(Engine):
 
     def load_optimizer_state_dict(self, opt: torch.optim.Optimizer, state: dict) -> None:
         self.reducer.load_optimizer_state_dict(opt, state)
-
-    def describe(self) -> str:
-        return "ddtrain reducer: " + self.reducer.describe()
 
 
 class TorchDDPEngine(Engine):

@@ -94,7 +94,10 @@ class MetricsProcessor:
         """``per_step`` keeps every step's timing so a study can drop warm-up steps and take
         medians and p90s. The step time is the max over ranks (a data-parallel step is as slow
         as its slowest rank); the phase split is this rank's (rank 0 writes the file)."""
-        per_step = per_step_timings(steps, data_s, all_max_each(self.ctx, [s["total"] for s in steps]),
+        # The ranks' step times and peak memory, maxed in one collective.
+        mine = [s["total"] for s in steps] + [float(peak_bytes(self.clock.device))]
+        *totals, peak = all_max_each(self.ctx, mine)
+        per_step = per_step_timings(steps, data_s, totals,
                                     self.measures_exposed_comm)
         first = view.step - len(steps) + 1
         keep = [i for i in range(len(steps)) if first + i > self.uncounted_through]
@@ -115,7 +118,7 @@ class MetricsProcessor:
             "epoch": self._epoch(view.step),
             "grad_norm": view.grad_norm,
             "skipped_steps": view.skipped_total,
-            "peak_memory_bytes": int(all_max_each(self.ctx, [float(peak_bytes(self.clock.device))])[0]),
+            "peak_memory_bytes": int(peak),
             **self.memory,
             "per_step": per_step,
         }
