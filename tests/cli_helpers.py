@@ -10,6 +10,11 @@ from ddtrain.launcher.mpirun import LauncherNotFound, child_env, console_script,
 from ddtrain.launcher.policy import resolve_target
 
 DDTRAIN = console_script("ddtrain")
+# What this process's forkserver imports once, for every child forked from it (Gloo ranks, CLI
+# runs). Import only: running an op there would start the OpenMP pool that forking must not
+# copy. torch._dynamo is listed because an optimizer imports it when it is built.
+FORKSERVER_PRELOAD = ["torch", "torch._dynamo", "torch.distributed", "torch.optim", "ddtrain.trainer",
+                      "ddtrain.run", "ddtrain.cli", "tests.gloo.workloads"]
 
 
 def mpirun_path() -> str | None:
@@ -35,6 +40,46 @@ def run_cli(args: list[str], *, np_: int = 1, cwd: Path | None = None, timeout: 
     argv = mpirun_command(np_, program) if np_ > 1 else program
     return subprocess.run(argv, cwd=cwd, env={**clean_env(), **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def _cli_child(argv: list[str], env: dict[str, str], cwd: str | None, out: str, err: str) -> None:
+    """``ddtrain argv...`` in a child of the warm forkserver, as the console script runs it: its
+    environment, its argv, its stdout and stderr on files; its SystemExit is the child's exit code."""
+    import sys
+
+    os.environ.clear()
+    os.environ.update(env)
+    # PYTHONPATH is read when an interpreter starts; this one started in the forkserver.
+    sys.path[:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if cwd:
+        os.chdir(cwd)
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.argv = [DDTRAIN, *argv]
+    from ddtrain.cli import main
+
+    main()
+
+
+def run_cli_forked(args: list[str], tmp_path: Path, *, env: dict[str, str] | None = None,
+                   cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``run_cli(args)`` for one process that stops before training (bad input): the same
+    ``ddtrain.cli.main`` with the same environment and argv, forked from a forkserver that has
+    imported torch and ddtrain once, so each case costs a fork, not an interpreter start."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    out, err = tmp_path / "cli.stdout", tmp_path / "cli.stderr"
+    proc = ctx.Process(target=_cli_child, args=(list(args), {**clean_env(), **(env or {})},
+                                                str(cwd) if cwd else None, str(out), str(err)))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        raise subprocess.TimeoutExpired([DDTRAIN, *args], timeout, err.read_text())
+    return subprocess.CompletedProcess([DDTRAIN, *args], proc.exitcode, out.read_text(), err.read_text())
 
 
 def _train_composed(ctx, overrides: list[str], run_dir: Path | None):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import run_cli, run_cli_forked
 
 
 @pytest.mark.parametrize(
@@ -37,12 +37,21 @@ from tests.cli_helpers import run_cli
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, needle):
-    proc = run_cli([*overrides, f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
+    # The console script's main, forked warm: the message and exit code are decided before
+    # training, by the same code; a cold start per case would add its imports, nothing tested.
+    proc = run_cli_forked([*overrides, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("ddtrain: error:")]
     assert len(errors) == 1 and needle in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_console_script_itself_stops_on_bad_input_in_one_line(tmp_path):
+    proc = run_cli(["data.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
+        "ddtrain: error: data.batch_size=0 must be > 0"]
 
 
 def test_a_name_that_is_no_group_or_key_is_named_with_the_groups_of_its_root_config():

@@ -17,12 +17,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from tests.cli_helpers import FORKSERVER_PRELOAD
+
 RANK_TIMEOUT_S = 240
-# Imported once by the forkserver; every rank forked from it finds them loaded. Import only:
-# running an op there would start the OpenMP pool that forking must not copy.
-# torch._dynamo is listed because an optimizer imports it when it is built.
-_PRELOAD = ["torch", "torch._dynamo", "torch.distributed", "torch.optim", "ddtrain.trainer", "ddtrain.run",
-            "tests.gloo.workloads"]
 
 
 def free_port() -> int:
@@ -59,7 +56,7 @@ def run_ranks(world: int, fn: Callable, *args: Any) -> list[Any]:
     A failing rank's traceback is re-raised here; a hung job fails after RANK_TIMEOUT_S.
     """
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, results)) for r in range(world)]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.cli_helpers import mpirun_path, run_cli
+from tests.cli_helpers import mpirun_path, run_cli, run_cli_forked
 from tests.data_files import corrupt, image_folder, token_dir
 from tests.plugin_pkg import NAME, write_package
 
@@ -94,12 +94,21 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("world", [1, 2])
-@pytest.mark.parametrize("case", list(BAD))
+# Under mpirun, a case of each kind: a missing file, a target that does not import, a target of
+# the wrong type, and a bad image met mid-training. Every case runs on one process.
+MPIRUN_CASES = ["token file missing", "model target not importable", "data target not a dataset",
+                "undecodable image, stop"]
+
+
+@pytest.mark.parametrize("case,world", [(c, 1) for c in BAD] + [(c, 2) for c in MPIRUN_CASES])
 def test_bad_data_input_is_one_line_and_exit_2(files, tmp_path, case, world):
     overrides, needle = BAD[case]
     args = [*QUIET, *(o.format(root=files["root"]) for o in overrides), f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = run_cli(args, np_=world, env={"PYTHONPATH": str(files["site"])}, timeout=180)
+    env = {"PYTHONPATH": str(files["site"])}
+    # One process: the console script's main forked warm (the same code decides the message and
+    # the exit code; a cold start per case would add only its imports).
+    proc = (run_cli(args, np_=world, env=env, timeout=180) if world > 1
+            else run_cli_forked(args, tmp_path, env=env, timeout=180))
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ddtrain: error:")]
     assert errors and needle in errors[0], proc.stderr[-3000:]

