@@ -138,7 +138,8 @@ class ShardedEngine(DdtrainEngine):
         r = self.reducer
         left = [p.grad for p in r.params if p.grad is not None]  # held back for a busy bucket buffer
         outputs = [t for t in r._rs_out if not any(t is g for g in r.grad_shards)]  # a cast's source
-        return {"params": r.flat_params, "comm": [*r.buffers, *outputs], "grads": [*r.grad_shards, *left]}
+        comm = [*r.buffers, *outputs, *r.inboxes]
+        return {"params": r.flat_params, "comm": comm, "grads": [*r.grad_shards, *left]}
 
     def optimizer_state_dict(self, opt: torch.optim.Optimizer) -> dict | None:
         return self.reducer.optimizer_state_dict(opt)

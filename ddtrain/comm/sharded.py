@@ -10,11 +10,12 @@ parameters again.
 - ``optimizer``: gradients are all-reduced as without sharding (the full averaged bucket stays
   on every rank); the optimizer state is 1/N.
 - ``gradients``: each bucket is reduce-scattered the moment it is full, so a rank keeps only its
-  shard of the averaged gradient (on Gloo, whose all-reduce is faster than its reduce-scatters,
-  the bucket is all-reduced and the shard copied out: the same bytes kept, the same result).
-  Buckets are filled into a small pool of buffers (``pool``, bucket b uses buffer b mod pool),
-  so the full gradient never exists at once: a bucket waits for the reduce-scatter of the one
-  that used its buffer before it.
+  shard of the averaged gradient. On Gloo, whose reduce-scatter collectives are slower than its
+  all-reduce, each rank sends every other rank that rank's shard of its bucket and sums what it
+  receives for its own (``ShardExchange``): (N-1)/N of a bucket out of each rank, as a ring
+  reduce-scatter sends, half an all-reduce's bytes. Buckets are filled into a small pool of
+  buffers (``pool``, bucket b uses buffer b mod pool), so the full gradient never exists at
+  once: a bucket waits for the reduce-scatter of the one that used its buffer before it.
 
 In both, a parameter's own ``.grad`` is dropped as soon as it is copied into its bucket, and
 the all-gathers run while the next forward starts: a module's forward pre-hook waits only for
@@ -43,6 +44,42 @@ ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim
                torch.optim.NAdam, torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad)
 # The one state entry of those optimizers that is a scalar, not a tensor shaped as the parameter.
 SCALAR_STATE = ("step",)
+
+
+# Point-to-point tags of the shard exchange: far above the sequence numbers Gloo's collectives
+# take, so an exchange never matches a collective's message.
+EXCHANGE_TAG = 1 << 30
+
+
+class ShardExchange:
+    """One bucket's reduce-scatter by point-to-point messages: this rank sends each peer that
+    peer's shard of ``bucket`` and receives each peer's part of its own shard, the first into
+    ``out`` itself and the others into ``inbox`` (one row each: none at 2 ranks); ``wait`` adds
+    its own part and the rest to ``out``. Every rank posts all its sends and receives at once,
+    so none waits on another's order."""
+
+    def __init__(self, bucket: torch.Tensor, out: torch.Tensor, inbox: torch.Tensor, rank: int,
+                 ranks: list[int], tag: int, group=None):
+        size = out.numel()
+        self._own, self._out, self._rows, self._works = bucket[rank * size:(rank + 1) * size], out, [], []
+        peers = [j for j in range(len(ranks)) if j != rank]
+        for i, j in enumerate(peers):
+            into = out if i == 0 else inbox[i - 1][:size]
+            if i > 0:
+                self._rows.append(into)
+            theirs = bucket[j * size:(j + 1) * size]
+            self._works.append(dist.isend(theirs, dst=ranks[j], group=group, tag=tag))
+            self._works.append(dist.irecv(into, src=ranks[j], group=group, tag=tag))
+        if not peers:
+            out.copy_(self._own)
+
+    def wait(self) -> None:
+        for work in self._works:
+            work.wait()
+        if self._works:
+            self._out.add_(self._own)
+        for row in self._rows:
+            self._out.add_(row)
 
 
 def check_elementwise(opt: torch.optim.Optimizer, shard: str) -> None:
@@ -93,10 +130,17 @@ class ShardedReducer(GradReducer):
         self.layout = shard_layout(self.plan, self.world_size, dist.get_rank(self.group))
         padded = self.layout.padded
         dt = self.comm_dtype
+        self.inboxes: list[torch.Tensor] = []
         if self.shard == "optimizer":  # zeros: the padding is never written and sums to zero
             return [torch.zeros(n, dtype=dt, device=device) for n in padded]
         k = min(self.pool, len(padded))
         self.pool_buffers = [torch.zeros(max(padded[b::k]), dtype=dt, device=device) for b in range(k)]
+        # Gloo's shard exchange receives the parts of this rank's shard from the third rank on
+        # beside the buffer (the first peer's lands in the shard's own output).
+        world = self.world_size
+        if self._gloo and world > 2:
+            self.inboxes = [torch.empty(world - 2, max(padded[b::k]) // world, dtype=dt, device=device)
+                            for b in range(k)]
         return [self.pool_buffers[b % k][:n] for b, n in enumerate(padded)]
 
     def _rehome(self, device: torch.device) -> None:
@@ -168,9 +212,6 @@ class ShardedReducer(GradReducer):
         if self._taken[bucket]:
             return
         self._works[bucket].wait()
-        if self._gloo:
-            lo, hi = self.layout.own(bucket)
-            self._rs_out[bucket].copy_(self.buffers[bucket][lo:hi])
         self._taken[bucket] = True
 
     def _launch(self, bucket: int):
@@ -184,8 +225,10 @@ class ShardedReducer(GradReducer):
         self._deferred[bucket] = []
         # The pool buffer may hold a larger bucket's tail from before; padding must be finite.
         self.buffers[bucket][self.plan.sizes[bucket]:].zero_()
-        if self._gloo:  # Gloo's reduce-scatters are slower than its all-reduce (BENCHMARKS.md)
-            return dist.all_reduce(self.buffers[bucket], group=self.group, async_op=True)
+        if self._gloo:  # Gloo's reduce-scatter collectives are the slower (BENCHMARKS.md)
+            inbox = self.inboxes[bucket % self.pool] if self.inboxes else self.buffers[bucket][:0]
+            return ShardExchange(self.buffers[bucket], self._rs_out[bucket], inbox, self.layout.rank,
+                                 self._ranks, EXCHANGE_TAG + bucket, self.group)
         return dist.reduce_scatter_single(self._rs_out[bucket], self.buffers[bucket], group=self.group,
                                           async_op=True)
 

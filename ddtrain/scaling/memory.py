@@ -10,7 +10,9 @@ Per parameter, with p bytes per parameter, c per communicated element, s of opti
 - none: p + c (the buckets, which the gradients are views of when c = p; else + p) + s
 - optimizer: p + c + s/N (+ p/N for the cast gradient shard when c != p)
 - gradients: p + p/N + s/N (+ c/N for the cast's source when c != p), plus two bucket buffers
-  that every bucket is filled through (a fixed size, not per parameter)
+  that every bucket is filled through (a fixed size, not per parameter); on Gloo from 3 ranks
+  on, beside each, an inbox for the third and later ranks' parts of this rank's shard ((N-2)/N
+  of a bucket)
 
 Pure: numbers in, numbers out.
 """
@@ -36,6 +38,7 @@ class StateModel:
     comm_bytes: int = 4
     optimizer_bytes: int = 8
     bucket_bytes: float = 25 * 2**20
+    inboxes: bool = False  # the gradients mode's shard exchange (Gloo) keeps an inbox per buffer
 
     def per_param(self, shard: str, n: int) -> float:
         p, c, s = self.param_bytes, self.comm_bytes, self.optimizer_bytes
@@ -47,17 +50,20 @@ class StateModel:
             return p + c + s / n + (p / n if cast else 0)
         return p + p / n + s / n + (c / n if cast else 0)
 
-    def fixed(self, shard: str, n: int, params: int) -> float:
-        """Bytes that do not grow with the parameters: the gradients mode's bucket buffers
-        (never more than the whole model's buckets)."""
+    def fixed(self, shard: str, n: int, params: int | None = None) -> float:
+        """Bytes that do not grow with the parameters: the gradients mode's bucket buffers and
+        their inboxes (the buffers never more than the whole model's buckets; ``params`` None:
+        a model larger than the buffers)."""
         if shard != "gradients" or n <= 1:
             return 0.0
-        return min(POOL * self.bucket_bytes, params * self.comm_bytes)
+        buffers = POOL * self.bucket_bytes
+        if params is not None:
+            buffers = min(buffers, params * self.comm_bytes)
+        return buffers * (1 + (n - 2) / n if self.inboxes else 1)
 
     def state_bytes(self, shard: str, n: int, params: int) -> float:
         return self.per_param(shard, n) * params + self.fixed(shard, n, params)
 
     def largest_model(self, memory_bytes: float, shard: str, n: int) -> int:
         """Parameters whose training state fits in ``memory_bytes`` per worker."""
-        fixed = POOL * self.bucket_bytes if shard == "gradients" and n > 1 else 0.0
-        return max(0, int((memory_bytes - fixed) / self.per_param(shard, n)))
+        return max(0, int((memory_bytes - self.fixed(shard, n)) / self.per_param(shard, n)))

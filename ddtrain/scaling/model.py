@@ -64,8 +64,8 @@ class Profile:
     # the time they overlap it, so the step is as long as if nothing overlapped.
     overlap: bool = True
     shard: str = "none"  # comm.shard: none | optimizer | gradients
-    # A reduce-scatter's time as a share of an all-reduce's of the same bucket: 0.5 (half the
-    # steps and traffic, NCCL); 1 where ddtrain all-reduces instead (Gloo, comm/sharded.py).
+    # A reduce-scatter's time as a share of an all-reduce's of the same bucket: 0.5, half the
+    # traffic (NCCL's reduce-scatter; on Gloo ddtrain's shard exchange, comm/sharded.py).
     scatter_share: float = 0.5
 
     @property

@@ -102,13 +102,14 @@ class Profiles:
     roofline_device: str = ""
     roofline_runs: dict[int, RooflineProfile] = field(default_factory=dict)
     scatter_share: float = 0.5  # model.Profile.scatter_share for the workers predicted
+    gloo: bool = False  # the workers predicted shard over Gloo (memory: the shard exchange's inboxes)
 
     def state_model(self) -> StateModel:
         """The training state's bytes per parameter for this config (``scaling/memory.py``)."""
         c = self.cfg
         return StateModel(param_bytes=4, comm_bytes=COMM_BYTES[c.comm.dtype],
                           optimizer_bytes=optimizer_state_bytes(c.optim.name, c.optim.momentum),
-                          bucket_bytes=c.comm.bucket_mb * 2**20)
+                          bucket_bytes=c.comm.bucket_mb * 2**20, inboxes=self.gloo)
 
     def params(self, p: Profile) -> int:
         return p.grad_bytes // COMM_BYTES[self.cfg.comm.dtype]

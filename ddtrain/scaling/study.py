@@ -275,12 +275,12 @@ def model_inputs(study: Study, measured: dict[tuple[str, int], dict], fit: dict 
     sharing = machine.ranks_on_a_node(max(study.scale.world_sizes))
     no_spare_core = (not machine.cuda and not study.cluster.device
                      and machine.threads * sharing >= machine.cpus)
-    # This machine's CPU workers shard over Gloo, where ddtrain's reduce-scatter is an all-reduce.
+    # This machine's CPU workers shard over Gloo: the shard exchange and its inboxes.
     gloo_here = not machine.cuda and not study.cluster.device
     profiles = Profiles(study.cfg, machine.device, study.batches, measured, transfer=transfer,
                         overlap=not no_spare_core, given=study.scale.given,
                         roofline_device=cluster.device if device_model == "roofline" else "",
-                        scatter_share=1.0 if gloo_here else 0.5)
+                        gloo=gloo_here)
     log.info("device model for %s: %s (%s)", cluster.device or "this machine", device_model, why)
     return ModelInputs(cluster, peak, transfer, fit, measured_allreduces(cluster, fit), profiles,
                        device_model, why)

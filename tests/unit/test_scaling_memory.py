@@ -21,6 +21,14 @@ def test_bytes_per_parameter_under_each_mode():
     # The gradients mode's two bucket buffers: fixed, and never more than the model's buckets.
     assert ADAMW.state_bytes("gradients", 2, 20_000_000) == 10 * 20_000_000 + 2 * 25 * 2**20
     assert ADAMW.state_bytes("gradients", 2, 1000) == 10 * 1000 + 4 * 1000
+    # On Gloo each buffer has an inbox for the third and later ranks' parts of its shard:
+    # (N-2)/N of it, nothing at 2 ranks.
+    gloo = StateModel(optimizer_bytes=8, bucket_bytes=25 * 2**20, inboxes=True)
+    assert gloo.state_bytes("gradients", 2, 20_000_000) == ADAMW.state_bytes("gradients", 2, 20_000_000)
+    four = 7 * 20_000_000 + 1.5 * 2 * 25 * 2**20
+    assert gloo.state_bytes("gradients", 4, 20_000_000) == pytest.approx(four)
+    assert gloo.state_bytes("optimizer", 4, 1000) == ADAMW.state_bytes("optimizer", 4, 1000)
+    assert gloo.largest_model(80e9, "gradients", 4) == int((80e9 - 1.5 * 2 * 25 * 2**20) / 7)
 
 
 def test_the_largest_model_that_fits_grows_with_workers_only_when_sharded():
