@@ -7,7 +7,11 @@ inter-node bandwidth and latency, and the all-reduce algorithm.
 
 A step at N workers is predicted as
 
-    step(N) = data + S_N * K * (forward + backward) + exposed_comm(N) + optimizer
+    step(N) = data + S_N * K * (forward + backward + fill) + exposed_comm(N) + optimizer
+
+* fill (``Profile.fill_s``) is copying every gradient into its bucket, scaled by 1/N, which the
+  reducer does in backward's hooks whenever a worker has peers (N > 1): a pass over the
+  gradients' bytes that one worker alone never makes, so its profile times it apart.
 
 * All-reduces run one at a time on one stream (as in ddtrain's reducer, DDP and Horovod), each
   starting when its bucket is ready and the previous one has finished. Whatever finishes after
@@ -67,6 +71,9 @@ class Profile:
     # A reduce-scatter's time as a share of an all-reduce's of the same bucket: 0.5, half the
     # traffic (NCCL's reduce-scatter; on Gloo ddtrain's shard exchange, comm/sharded.py).
     scatter_share: float = 0.5
+    # Copying every gradient into its bucket, scaled by 1/N (the reducer's fill, in backward's
+    # hooks): a worker with peers does it every step, one alone never.
+    fill_s: float = 0.0
 
     @property
     def compute_s(self) -> float:
@@ -94,7 +101,7 @@ class Profile:
         """Compute phases ``factor`` times as long: the profile carried to another device."""
         return dataclasses.replace(
             self, forward_s=self.forward_s * factor, backward_s=self.backward_s * factor,
-            optimizer_s=self.optimizer_s * factor,
+            optimizer_s=self.optimizer_s * factor, fill_s=self.fill_s * factor,
         )
 
 
@@ -268,7 +275,8 @@ def predict_step(p: Profile, c: Cluster, n: int,
     cv = jitter(p, c)
     sharing = c.node_slowdown if n > 1 else 1.0
     s = straggler_factor(n, cv) * sharing
-    fwd, bwd = s * p.forward_s, s * p.backward_s
+    fill = p.fill_s if n > 1 else 0.0
+    fwd, bwd = s * p.forward_s, s * (p.backward_s + fill)
     sharded = p.shard != "none" and n > 1
     end = after = 0.0  # the last all-reduce's end, launched during backward / after it
     comm = 0.0
@@ -289,8 +297,8 @@ def predict_step(p: Profile, c: Cluster, n: int,
     gather = sum(halves) if sharded else 0.0
     waited = gather_wait(p, fwd, halves) if sharded else 0.0
     step = p.data_s + fwd + bwd + stretch + exposed + optimizer + waited
-    return StepPrediction(n, step, fwd + bwd + stretch, comm, exposed, s, sharing * p.compute_s + stretch,
-                          optimizer, gather, waited)
+    return StepPrediction(n, step, fwd + bwd + stretch, comm, exposed, s,
+                          sharing * (p.compute_s + fill) + stretch, optimizer, gather, waited)
 
 
 def gather_wait(p: Profile, fwd: float, gathers: list[float]) -> float:

@@ -51,6 +51,7 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
     elsize = COMM_DTYPES[cfg.comm.dtype].itemsize  # as the reducer plans its buckets
     plan = plan_buckets([p.numel() for p in params], elsize, cfg.comm.bucket_mb * MiB,
                         cfg.comm.first_bucket_mb * MiB)
+    fill_into = bucket_views(plan, COMM_DTYPES[cfg.comm.dtype], device)
 
     seen: dict[int, float] = {}
 
@@ -60,7 +61,7 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
         return hook
 
     handles = [p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(params)]
-    fwd, bwd, opt, data, total, ready = [], [], [], [], [], []
+    fwd, bwd, opt, data, total, ready, fills = [], [], [], [], [], [], []
     if start is not None:
         start()
     try:
@@ -74,6 +75,8 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
             t2 = _now(device)
             loss.backward()
             t3 = _now(device)
+            fill_buckets(params, fill_into)
+            tf = _now(device)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             t4 = _now(device)
@@ -82,8 +85,9 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
             data.append(t1 - t0)
             fwd.append(t2 - t1)
             bwd.append(t3 - t2)
-            opt.append(t4 - t3)
-            total.append(t4 - t0)
+            fills.append(tf - t3)
+            opt.append(t4 - tf)
+            total.append(t4 - t0 - (tf - t3))  # one worker's own step: it fills nothing
             ready.append(ready_fractions(seen, plan.members, t2, t3))
     finally:
         batches.close()
@@ -97,8 +101,22 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
     cv = robust_cv(total)  # the estimator measured runs use, so both kinds of jitter compare
     return Profile(
         batch=batch, forward_s=med(fwd), backward_s=med(bwd), optimizer_s=med(opt), data_s=med(data),
-        buckets=buckets, flops_per_sample=float(flops), cv=cv,
+        buckets=buckets, flops_per_sample=float(flops), cv=cv, fill_s=med(fills),
     )
+
+
+def bucket_views(plan, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """Each gradient's slot in flat buffers laid out as the reducer's buckets."""
+    flats = [torch.empty(n, dtype=dtype, device=device) for n in plan.sizes]
+    return [flats[s.bucket][s.offset:s.offset + s.numel] for s in plan.slots]
+
+
+def fill_buckets(params: list[torch.Tensor], views: list[torch.Tensor]) -> None:
+    """What the reducer does to each gradient when a worker has peers: copy it into its bucket
+    slot, scaled (by 1/N; the factor does not change the cost) and cast to the comm dtype."""
+    for p, view in zip(params, views):
+        if p.grad is not None:
+            torch.mul(p.grad.reshape(-1), 0.5, out=view)
 
 
 def ready_fractions(seen: dict[int, float], members, backward_start: float,

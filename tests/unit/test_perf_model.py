@@ -101,6 +101,21 @@ def test_overlap_hides_communication_behind_remaining_backward():
     assert pred.comm_exposed_s == pytest.approx(0.2 + 0.15 + 0.05 - 0.3)
 
 
+def test_a_worker_with_peers_fills_its_buckets_during_backward_and_one_alone_does_not():
+    c = flat(bw_GBps=1.0)
+    filled = _profile((Bucket(int(50e6), 1.0),), fill_s=0.04)
+    plain = _profile((Bucket(int(50e6), 1.0),))
+    alone = predict_step(filled, c, 1)
+    assert alone.step_s == pytest.approx(predict_step(plain, c, 1).step_s)  # nothing to fill
+    two, without = predict_step(filled, c, 2), predict_step(plain, c, 2)
+    s = two.straggler  # the fill is part of the rank's backward, straggler included
+    assert two.compute_s == pytest.approx(without.compute_s + s * 0.04)
+    assert two.step_s == pytest.approx(without.step_s + s * 0.04)
+    assert two.own_compute_s == pytest.approx(without.own_compute_s + 0.04)
+    # A profile carried to another device carries its fill too.
+    assert filled.scaled_compute(0.5).fill_s == pytest.approx(0.02)
+
+
 def test_buckets_follow_backward_order():
     layers = [(100, 1.0), (200, 1.0), (300, 2.0)]  # forward order; backward starts at the last
     b = buckets_from_layers(layers, bucket_bytes=1200)

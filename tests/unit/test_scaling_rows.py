@@ -118,3 +118,14 @@ def test_a_given_rate_sets_one_workers_step_and_the_rest_follow_the_profile():
     with pytest.raises(Exception, match="no longer than the data wait"):
         Profiles(TrainConfig(), torch.device("cpu"), {"weak": 8}, {}, by_batch={8: _profile(8)},
                  given=GivenRate(step_time_s=0.0001)).profile(8, "weak")
+
+
+def test_the_profile_times_the_bucket_fill_that_one_worker_alone_never_does():
+    from ddtrain.config import from_mapping
+    from ddtrain.scaling.profile import profile_worker
+
+    cfg = from_mapping({"model": {"name": "mlp", "hidden": 256, "layers": 3}, "data": {"image_size": 16}})
+    prof = profile_worker(cfg, 8, torch.device("cpu"), steps=4, warmup=1)
+    assert prof.fill_s > 0 and prof.grad_bytes > 0
+    # A pass over the gradients, much shorter than the backward that made them.
+    assert prof.fill_s < prof.backward_s
