@@ -70,3 +70,8 @@ def plan_buckets(
         sizes=tuple(sizes),
         slots=tuple(slots[i] for i in range(len(numels))),
     )
+
+
+def slot_views(buffers: Sequence, plan: BucketPlan) -> list:
+    """Each tensor's slot in its bucket's flat buffer, by tensor index (views, no copies)."""
+    return [buffers[s.bucket][s.offset:s.offset + s.numel] for s in plan.slots]

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ddtrain.comm.buckets import MiB, plan_buckets
+from ddtrain.comm.buckets import MiB, plan_buckets, slot_views
 from ddtrain.comm.packing import TritonBuckets, choose_packing
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,7 @@ class GradReducer:
         device = self.params[0].device
         self.buffers = self._bucket_buffers(device)
         # The slot views are made once; the hot path only indexes lists.
-        self.slot_views = [
-            self.buffers[s.bucket][s.offset:s.offset + s.numel] for s in self.plan.slots
-        ]
+        self.slot_views = slot_views(self.buffers, self.plan)
         self._pack_mode = pack
         self.packing, why = choose_packing(pack, device, {p.dtype for p in self.params})
         log.info("gradient packing: %s (%s)", self.packing, why)

@@ -54,11 +54,11 @@ EXCHANGE_TAG = 1 << 30
 class ShardExchange:
     """One bucket's reduce-scatter by point-to-point messages: this rank sends each peer that
     peer's shard of ``bucket`` and receives each peer's part of its own shard, the first into
-    ``out`` itself and the others into ``inbox`` (one row each: none at 2 ranks); ``wait`` adds
+    ``out`` itself and the others into ``inbox`` (one row each; None at 2 ranks); ``wait`` adds
     its own part and the rest to ``out``. Every rank posts all its sends and receives at once,
     so none waits on another's order."""
 
-    def __init__(self, bucket: torch.Tensor, out: torch.Tensor, inbox: torch.Tensor, rank: int,
+    def __init__(self, bucket: torch.Tensor, out: torch.Tensor, inbox: torch.Tensor | None, rank: int,
                  ranks: list[int], tag: int, group=None):
         size = out.numel()
         self._own, self._out, self._rows, self._works = bucket[rank * size:(rank + 1) * size], out, [], []
@@ -226,7 +226,7 @@ class ShardedReducer(GradReducer):
         # The pool buffer may hold a larger bucket's tail from before; padding must be finite.
         self.buffers[bucket][self.plan.sizes[bucket]:].zero_()
         if self._gloo:  # Gloo's reduce-scatter collectives are the slower (BENCHMARKS.md)
-            inbox = self.inboxes[bucket % self.pool] if self.inboxes else self.buffers[bucket][:0]
+            inbox = self.inboxes[bucket % self.pool] if self.inboxes else None
             return ShardExchange(self.buffers[bucket], self._rs_out[bucket], inbox, self.layout.rank,
                                  self._ranks, EXCHANGE_TAG + bucket, self.group)
         return dist.reduce_scatter_single(self._rs_out[bucket], self.buffers[bucket], group=self.group,

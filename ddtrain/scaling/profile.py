@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ddtrain.comm.buckets import MiB, plan_buckets
+from ddtrain.comm.buckets import MiB, plan_buckets, slot_views
 from ddtrain.comm.reducer import COMM_DTYPES
 from ddtrain.config import TrainConfig
 from ddtrain.data.feed import loader_workers, to_device, train_loader
@@ -51,7 +51,8 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
     elsize = COMM_DTYPES[cfg.comm.dtype].itemsize  # as the reducer plans its buckets
     plan = plan_buckets([p.numel() for p in params], elsize, cfg.comm.bucket_mb * MiB,
                         cfg.comm.first_bucket_mb * MiB)
-    fill_into = bucket_views(plan, COMM_DTYPES[cfg.comm.dtype], device)
+    dtype = COMM_DTYPES[cfg.comm.dtype]
+    fill_into = slot_views([torch.empty(n, dtype=dtype, device=device) for n in plan.sizes], plan)
 
     seen: dict[int, float] = {}
 
@@ -103,12 +104,6 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
         batch=batch, forward_s=med(fwd), backward_s=med(bwd), optimizer_s=med(opt), data_s=med(data),
         buckets=buckets, flops_per_sample=float(flops), cv=cv, fill_s=med(fills),
     )
-
-
-def bucket_views(plan, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """Each gradient's slot in flat buffers laid out as the reducer's buckets."""
-    flats = [torch.empty(n, dtype=dtype, device=device) for n in plan.sizes]
-    return [flats[s.bucket][s.offset:s.offset + s.numel] for s in plan.slots]
 
 
 def fill_buckets(params: list[torch.Tensor], views: list[torch.Tensor]) -> None:

@@ -101,7 +101,6 @@ class Profiles:
     given: GivenRate | None = None
     roofline_device: str = ""
     roofline_runs: dict[int, RooflineProfile] = field(default_factory=dict)
-    scatter_share: float = 0.5  # model.Profile.scatter_share for the workers predicted
     gloo: bool = False  # the workers predicted shard over Gloo (memory: the shard exchange's inboxes)
 
     def state_model(self) -> StateModel:
@@ -116,8 +115,7 @@ class Profiles:
 
     def profile(self, batch: int, mode: str) -> Profile:
         """The worker at ``batch``, sharded as the study's runs are (comm.shard)."""
-        return replace(self._carried(batch, mode), shard=self.cfg.comm.shard,
-                       scatter_share=self.scatter_share)
+        return replace(self._carried(batch, mode), shard=self.cfg.comm.shard)
 
     def _carried(self, batch: int, mode: str) -> Profile:
         p = self._here(batch, mode)
