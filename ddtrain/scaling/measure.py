@@ -20,7 +20,7 @@ from ddtrain.config import TrainConfig, to_mapping
 from ddtrain.launcher.mpirun import console_script
 from ddtrain.launcher.policy import Target, resolve_target
 from ddtrain.scaling.config import ScaleConfig
-from ddtrain.scaling.spread import percentile, robust_cv
+from ddtrain.scaling.spread import percentile, relative_range, robust_cv
 
 log = logging.getLogger("ddtrain")
 
@@ -160,10 +160,13 @@ class TrainingRuns:
         pooled: drift then hits every size alike instead of whichever ran during a slow spell.
         The jitter (``cv``) is each run's own spread, the median over runs: a synchronous step
         waits for the slowest worker of that step, while load that shifts between runs slows
-        every worker alike and is no straggling.
+        every worker alike and is no straggling. That shift is kept apart as ``pass_range``, the
+        range of the runs' median steps over their median: how far one pass could land, and so
+        the least model error this machine can resolve at that size.
         """
         pooled: dict[tuple[str, int], dict[str, list[float]]] = {}
         cvs: dict[tuple[str, int], list[float]] = {}
+        passes: dict[tuple[str, int], list[float]] = {}  # each run's median step
         order = [(mode, n) for mode in self.scale.modes for n in self.scale.world_sizes]
         for r in range(self.scale.repeats):
             for mode, n in order if r % 2 == 0 else order[::-1]:
@@ -174,9 +177,11 @@ class TrainingRuns:
                 summary = summarise(run)
                 self._record(mode, n, batch, r, summary)
                 cvs.setdefault((mode, n), []).append(summary["cv"])
+                passes.setdefault((mode, n), []).append(summary["step_time_s"])
                 for key, values in run.items():
                     pooled.setdefault((mode, n), {}).setdefault(key, []).extend(values)
-        return {key: {**summarise(per_step), "cv": statistics.median(cvs[key])}
+        return {key: {**summarise(per_step), "cv": statistics.median(cvs[key]),
+                      "pass_step_times_s": passes[key], "pass_range": relative_range(passes[key])}
                 for key, per_step in pooled.items()}
 
     def _record(self, mode: str, n: int, batch: int, repeat: int, summary: dict) -> None:

@@ -18,7 +18,8 @@ from ddtrain.metrics import TAGS, json_safe
 
 COLUMNS: tuple[str, ...] = (
     "mode", "kind", "world_size", "batch_per_worker", "global_batch",
-    "step_time_s", "step_time_p90_s", "compute_s", "comm_exposed_s", "data_s", "comm_total_s",
+    "step_time_s", "step_time_p90_s", "step_time_pass_range", "compute_s", "comm_exposed_s", "data_s",
+    "comm_total_s",
     "samples_per_s", "speedup", "scaling_efficiency", "scaling_efficiency_vs_node", "node_size",
     "efficiency_cv_half", "efficiency_cv_double", "efficiency_links_minus_20pct",
     "efficiency_links_plus_20pct",

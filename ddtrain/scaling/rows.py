@@ -44,6 +44,8 @@ class Point:
     peak: Peak  # per worker
     cluster: str
     step_time_p90_s: float | None = None
+    # Measured rows: the range of the passes' median steps over their median (measure_all).
+    step_time_pass_range: float | None = None
     compute_s: float | None = None
     comm_exposed_s: float | None = None
     data_s: float | None = None
@@ -67,6 +69,7 @@ class Point:
         return {
             "mode": self.mode, "kind": self.kind, "world_size": n, "batch_per_worker": batch,
             "global_batch": n * batch, "step_time_s": step, "step_time_p90_s": self.step_time_p90_s,
+            "step_time_pass_range": self.step_time_pass_range,
             "compute_s": self.compute_s, "comm_exposed_s": self.comm_exposed_s, "data_s": self.data_s,
             "comm_total_s": self.comm_total_s, "samples_per_s": rate,
             "speedup": rate / self.one_worker_rate, "scaling_efficiency": rate / (n * self.one_worker_rate),
@@ -220,7 +223,8 @@ def measured_points(scale: ScaleConfig, mode: str, profiles: Profiles, flops_per
                             batch_per_worker=per_worker_batch(fixed_batches, mode, n),
                             step_time_s=m["step_time_s"], one_worker_rate=one_worker_rate,
                             flops_per_sample=flops_per_sample, peak=peak, cluster="this machine",
-                            step_time_p90_s=m["step_time_p90_s"], compute_s=m["compute_s"],
+                            step_time_p90_s=m["step_time_p90_s"], step_time_pass_range=m.get("pass_range"),
+                            compute_s=m["compute_s"],
                             comm_exposed_s=m["comm_exposed_s"], data_s=m["data_s"],
                             state_bytes=m.get("state_bytes_per_worker")))
     return points
@@ -248,3 +252,18 @@ def model_error(rows: list[dict]) -> dict[str, float]:
     return {f"{r['mode']}-n{r['world_size']}":
             predicted[(r["mode"], r["world_size"])]["step_time_s"] / r["step_time_s"] - 1
             for r in rows if r["kind"] == "measured"}
+
+
+def error_drift(rows: list[dict]) -> dict[str, float]:
+    """At every measured (mode, size) whose passes were repeated: how far the machine alone can
+    move that size's model error, the mean of the pass ranges at one worker (which every
+    prediction of the mode starts from) and at that size. An error inside it does not tell the
+    model from the machine's drift."""
+    ranges = {(r["mode"], r["world_size"]): r.get("step_time_pass_range")
+              for r in rows if r["kind"] == "measured"}
+    out = {}
+    for (mode, n), here in ranges.items():
+        one = ranges.get((mode, 1))
+        if here is not None and one is not None:
+            out[f"{mode}-n{n}"] = (one + here) / 2
+    return out

@@ -23,3 +23,13 @@ def robust_cv(values: list[float]) -> float:
         return 0.0
     med = statistics.median(values)
     return (percentile(values, 75) - percentile(values, 25)) / _IQR_PER_SD / med if med > 0 else 0.0
+
+
+def relative_range(values: list[float]) -> float | None:
+    """(max - min) / median of a few repeated measurements of one thing, e.g. a study's passes
+    at one size; None for fewer than two. With a handful of values a range is the honest
+    summary: it shows how far a single pass could have landed."""
+    if len(values) < 2:
+        return None
+    med = statistics.median(values)
+    return (max(values) - min(values)) / med if med > 0 else None

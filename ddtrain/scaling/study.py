@@ -36,7 +36,7 @@ from ddtrain.scaling.measure import (
 from ddtrain.scaling.memory import StateModel
 from ddtrain.scaling.model import Cluster, MeasuredAllReduce
 from ddtrain.scaling.report import format_sensitivity, format_table, write_report
-from ddtrain.scaling.rows import Profiles, model_error, study_rows
+from ddtrain.scaling.rows import Profiles, error_drift, model_error, study_rows
 
 log = logging.getLogger("ddtrain")
 
@@ -292,7 +292,8 @@ def per_step_by_run(scale: ScaleConfig, measured: dict[tuple[str, int], dict]) -
             for mode in scale.modes if (mode, 1) in measured for n in scale.world_sizes}
 
 
-def study_meta(study: Study, model: ModelInputs, errors: dict[str, float]) -> dict:
+def study_meta(study: Study, model: ModelInputs, errors: dict[str, float],
+               drift: dict[str, float] | None = None) -> dict:
     """What the report records besides its rows: how, where and against what it was made."""
     machine = study.machine
     return {
@@ -308,6 +309,7 @@ def study_meta(study: Study, model: ModelInputs, errors: dict[str, float]) -> di
         "allreduce_fit_inside_node": (model.fit or {}).get("inside", {}).get("fit"),
         "profiles": {str(b): asdict(p) for b, p in model.profiles.by_batch.items()},
         "predicted_over_measured_step_time_minus_1": errors,
+        "error_drift": drift,
         "jitter": jitter_used(model),
         "device_model": device_model_used(model),
     }
@@ -384,9 +386,21 @@ def report(study: Study, rows: list[dict], meta: dict, per_step: dict, cluster_n
         f"{v:.3f} at batch {b}" for b, v in jitter["cv_by_batch"].items()), jitter["source"])
     errors = meta["predicted_over_measured_step_time_minus_1"]
     if errors:
-        log.info("model vs measured step time: %s",
-                 ", ".join(f"{k} {v * 100:+.1f}%" for k, v in errors.items()))
+        log.info("model vs measured step time: %s", format_errors(errors, meta.get("error_drift") or {}))
     return {"rows": rows, "meta": meta, "paths": paths}
+
+
+def format_errors(errors: dict[str, float], drift: dict[str, float]) -> str:
+    """``weak-n2 +12.3% (drift 19.5%: unresolved)``: each error, and beside it, where the passes
+    were repeated, how far the machine's drift alone moves it; an error inside that is unresolved."""
+    parts = []
+    for key, err in errors.items():
+        text = f"{key} {err * 100:+.1f}%"
+        if key in drift and not key.endswith("-n1"):
+            verdict = "unresolved" if abs(err) <= drift[key] else "beyond it"
+            text += f" (drift {drift[key] * 100:.1f}%: {verdict})"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def run_study(cfg: TrainConfig, scale: ScaleConfig, cluster: Cluster, study_dir: Path,
@@ -400,7 +414,7 @@ def run_study(cfg: TrainConfig, scale: ScaleConfig, cluster: Cluster, study_dir:
     rows = study_rows(scale, model.profiles, model.cluster, model.peak, study.machine.peak,
                       model.measured)
     errors = {} if cluster.device else model_error(rows)
-    meta = study_meta(study, model, errors)
+    meta = study_meta(study, model, errors, error_drift(rows) if errors else {})
     if scale.memory_gb:
         meta["largest_model_params"] = largest_models(scale, model.profiles.state_model())
     if scale.write_cluster:

@@ -10,7 +10,7 @@ from ddtrain.config import TrainConfig
 from ddtrain.perf.peak import Peak
 from ddtrain.scaling.config import ScaleConfig
 from ddtrain.scaling.model import Cluster, Profile, predict_step
-from ddtrain.scaling.rows import Point, Profiles, model_error, study_rows
+from ddtrain.scaling.rows import Point, Profiles, error_drift, model_error, study_rows
 
 PEAK = Peak(flops=1e12, device="cpu", dtype="fp32", measured=True, source="probe")
 CLUSTER = Cluster("test", "", 8, 10.0, 1.0, 10.0, 1.0)
@@ -59,6 +59,25 @@ def test_study_rows_predict_every_size_and_measure_the_measured_ones():
     errors = model_error(rows)
     assert list(errors) == ["weak-n1", "weak-n2"]
     assert errors["weak-n2"] == pytest.approx(rows[3]["step_time_s"] / 0.4 - 1)
+    assert error_drift(rows) == {}  # one pass per size: nothing to say how far it could move
+
+
+def test_the_drift_between_passes_bounds_the_error_it_can_resolve():
+    from ddtrain.scaling.study import format_errors
+
+    scale = ScaleConfig(world_sizes=(1, 2), predict_to=2)
+    measured = {("weak", 1): {**_measured(0.3), "pass_range": 0.30},
+                ("weak", 2): {**_measured(0.4), "pass_range": 0.10}}
+    profiles = Profiles(TrainConfig(), torch.device("cpu"), {"weak": 8}, measured,
+                        by_batch={8: _profile(8)})
+    rows = study_rows(scale, profiles, CLUSTER, PEAK, PEAK)
+    assert [r["step_time_pass_range"] for r in rows if r["kind"] == "measured"] == [0.30, 0.10]
+    assert all(r["step_time_pass_range"] is None for r in rows if r["kind"] == "predicted")
+    drift = error_drift(rows)
+    assert drift == {"weak-n1": pytest.approx(0.30), "weak-n2": pytest.approx(0.20)}
+    text = format_errors({"weak-n1": 0.001, "weak-n2": 0.15}, drift)
+    assert text == "weak-n1 +0.1%, weak-n2 +15.0% (drift 20.0%: unresolved)"
+    assert format_errors({"weak-n2": -0.25}, drift) == "weak-n2 -25.0% (drift 20.0%: beyond it)"
 
 
 def test_strong_rows_skip_sizes_the_global_batch_does_not_split_over():

@@ -151,6 +151,10 @@ def test_repeated_runs_are_interleaved_and_their_steps_pooled(monkeypatch, tmp_p
     # Each run is steady on its own: the runs' shift (1 s against 4 s) is drift, not jitter.
     one = pooled[("weak", 1)]
     assert one["cv"] == 0.0 and robust_cv(one["per_step"]["step_time_s"]) > 0.5
+    # ... and it is what the pass range shows: the runs' medians 1 and 4 s, around 2.5 s.
+    assert one["pass_step_times_s"] == [1.0, 4.0]
+    assert one["pass_range"] == pytest.approx(3.0 / 2.5)
+    assert pooled[("weak", 2)]["pass_range"] == pytest.approx(1.0 / 2.5)
     passes = [json.loads(line)["pass"] for line in (tmp_path / "study" / "measurements.jsonl").open()]
     assert passes == [0, 0, 1, 1]  # every finished run is recorded
 
