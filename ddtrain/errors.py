@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from ddtrain.fault.notice import tell_launcher
+
 EXIT_BAD_INPUT = 2
 EXIT_JOB_ERROR = 1  # a failure every rank detects alike (replica mismatch, divergence, NaN stop)
 EXIT_PEER_FAILED = 3  # another rank died or raised; this one stopped because of it
@@ -47,6 +49,7 @@ def fail(message: str, rank: int = 0, *, same_on_all_ranks: bool = True,
          exit_code: int = EXIT_BAD_INPUT) -> None:
     """``report`` the error and exit ``exit_code`` (2: bad input)."""
     report(message, rank, same_on_all_ranks=same_on_all_ranks)
+    tell_launcher(exit_code)
     sys.exit(exit_code)
 
 

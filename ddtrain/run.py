@@ -32,6 +32,7 @@ from ddtrain.errors import (
     report,
 )
 from ddtrain.fault.monitor import bad_input, exit_on_loss, start_monitor
+from ddtrain.fault.notice import tell_launcher
 from ddtrain.fault.signals import StopRequest
 from ddtrain.trainer import build_datasets, make_model, train
 
@@ -126,6 +127,7 @@ def _leave(code: int) -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    tell_launcher(code)
     os._exit(code)
 
 

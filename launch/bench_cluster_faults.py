@@ -141,7 +141,8 @@ def start(cluster, run_dir: Path, overrides: list[str], env: dict[str, str] | No
                f"{console_script('ddtrain')}")
     argv = [console_script("ddtrain-launch"), "-n", "2", "--hostfile", str(cluster.hostfile),
             "--program", program, *overrides, f"hydra.run.dir={run_dir}"]
-    # ddtrain-launch execs mpirun (through the node's exec chain), so this process is mpirun.
+    # This process is ddtrain-launch (through the node's exec chain), mpirun's parent: signals
+    # sent to it reach mpirun once, and its exit is mpirun's (or 3 when it had to stop mpirun).
     with open(files / "mpirun.err", "w") as err:
         proc = subprocess.Popen(netns.exec_argv(cluster, "node1", argv), env=node_env(cluster, env),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)

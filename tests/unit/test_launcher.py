@@ -248,18 +248,39 @@ def test_missing_mpirun_is_refused_unless_a_dry_run_names_the_flavour(capsys, mo
     assert rc == 0 and shlex.split(out)[:3] == ["mpirun", "-n", "2"]
 
 
-def test_run_execs_mpirun_with_the_child_environment(capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("grace", [None, "0"])
+def test_run_starts_mpirun_with_the_child_environment(capsys, monkeypatch, tmp_path, grace):
     # Started from inside another job: its per-rank variables must not leak into the new one.
+    # By default mpirun runs as ddtrain-launch's child, watched (supervise.py); with
+    # --fault-grace-s 0 ddtrain-launch execs it.
+    from ddtrain.launcher.supervise import DEFAULT_GRACE_S, FAULT_DIR_VAR
+
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
     monkeypatch.setenv("NCCL_IB_HCA", "mlx5_0")
     seen = {}
-    monkeypatch.setattr(cli, "_exec", lambda command, env: seen.update(command=command, env=env))
+
+    def supervised(command, env, fault_dir, grace_s, **_kw):
+        seen.update(command=command, env=env, fault_dir=fault_dir, grace_s=grace_s,
+                    existed=fault_dir.is_dir())
+        return 0
+
+    monkeypatch.setattr(cli, "_exec", lambda command, env: seen.update(command=command, env=env, exec=True))
+    monkeypatch.setattr(cli, "supervise", supervised)
     monkeypatch.setattr(policy, "running_as_root", lambda: True)
     monkeypatch.setattr(policy, "machine_slots", lambda: 1)  # a 1-core machine: 2 ranks oversubscribe
     fake = fake_mpirun(tmp_path, OPEN_MPI_5)  # named, not asked: --mpi openmpi starts no process
-    rc, out, err = run_main(capsys, ["-n", "2", "--mpirun", str(fake), "--mpi", "openmpi", "--", "x=1"])
+    extra = [] if grace is None else ["--fault-grace-s", grace]
+    argv = ["-n", "2", "--mpirun", str(fake), "--mpi", "openmpi", *extra, "--", "x=1"]
+    rc, out, err = run_main(capsys, argv)
     assert rc == 0 and out == ""
     command, env = seen["command"], seen["env"]
+    if grace is None:
+        # The notes' directory exists while mpirun runs, is in its environment only (the ranks of
+        # this node inherit it; no -x sends it to other nodes), and is gone afterwards.
+        assert seen["grace_s"] == DEFAULT_GRACE_S and seen["existed"] and not seen["fault_dir"].exists()
+        assert env[FAULT_DIR_VAR] == str(seen["fault_dir"]) and FAULT_DIR_VAR not in command
+    else:
+        assert seen["exec"] and FAULT_DIR_VAR not in env
     assert err.strip() == f"ddtrain-launch: {shlex.join(command)}"
     assert command[:9] == [str(fake), "-np", "2", "--oversubscribe", "--allow-run-as-root", *BIND]
     assert command[-2:] == [console_script("ddtrain"), "x=1"]
