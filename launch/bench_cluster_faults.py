@@ -119,15 +119,6 @@ class Job:
                 pass  # never started, or already gone
 
 
-def node_env(cluster, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A node's shell environment: this one's, minus any outer launcher's, Gloo on eth0."""
-    from ddtrain.launcher.mpirun import child_env, running_as_root
-    from ddtrain.testing import netns
-
-    env = {**child_env(os.environ, is_root=running_as_root()), "GLOO_SOCKET_IFNAME": netns.IFACE}
-    return netns.exec_env(cluster, {**env, **(extra or {})})
-
-
 def start(cluster, run_dir: Path, overrides: list[str], env: dict[str, str] | None = None,
           files: Path | None = None) -> Job:
     """``ddtrain-launch -n 2 --hostfile H`` on node1, each rank under ``rank_wrapper``, whose
@@ -144,7 +135,7 @@ def start(cluster, run_dir: Path, overrides: list[str], env: dict[str, str] | No
     # This process is ddtrain-launch (through the node's exec chain), mpirun's parent: signals
     # sent to it reach mpirun once, and its exit is mpirun's (or 3 when it had to stop mpirun).
     with open(files / "mpirun.err", "w") as err:
-        proc = subprocess.Popen(netns.exec_argv(cluster, "node1", argv), env=node_env(cluster, env),
+        proc = subprocess.Popen(netns.exec_argv(cluster, "node1", argv), env=netns.node_env(cluster, env),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     return Job(cluster, run_dir, proc, files)
 

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from ddtrain.launcher.mpirun import child_env, console_script, running_as_root
+from ddtrain.launcher.mpirun import console_script
 from ddtrain.testing import netns
 from ddtrain.testing.lock import held
 
@@ -48,8 +48,7 @@ def run_study(cluster: netns.Cluster, workload: str, world: int, directory: Path
                  f"scale.repeats={args.repeats}", f"scale.allreduce_max_mb={args.allreduce_max_mb}",
                  f"scale.threads_per_rank={args.threads}", f"hydra.run.dir={directory}"]
     argv = netns.exec_argv(cluster, "node1", [console_script("ddtrain-scale"), *overrides])
-    env = netns.exec_env(cluster, {**child_env(os.environ, is_root=running_as_root()),
-                                   "GLOO_SOCKET_IFNAME": netns.IFACE})
+    env = netns.node_env(cluster)
     directory.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(directory.with_suffix(".log"), "w") as log:

@@ -282,6 +282,16 @@ def exec_env(cluster: Cluster, environ: dict[str, str]) -> dict[str, str]:
     return {**environ, "PRTE_MCA_plm_ssh_agent": str(cluster.agent)}
 
 
+def node_env(cluster: Cluster, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a user's shell on a node exports: this process's environment without an outer
+    launcher's per-rank variables, Gloo on the nodes' interface, plus ``extra``; with Open MPI's
+    ssh agent pointed at this cluster's."""
+    from ddtrain.launcher.mpirun import child_env, running_as_root
+
+    env = {**child_env(os.environ, is_root=running_as_root()), "GLOO_SOCKET_IFNAME": IFACE}
+    return exec_env(cluster, {**env, **(extra or {})})
+
+
 def set_link(cluster: Cluster, node: str, state: str) -> None:
     """Unplug (``down``) or replug (``up``) ``node``'s cable at the switch."""
     if node not in cluster.node_names():

@@ -13,10 +13,8 @@ import subprocess
 import pytest
 
 from ddtrain.testing import netns
-from tests.cli_helpers import clean_env
 
 _count = itertools.count()
-NODE_ENV = {"GLOO_SOCKET_IFNAME": netns.IFACE}
 
 
 def unavailable() -> str | None:
@@ -37,13 +35,8 @@ def build(nodes: int, *, rate: str = "none", slots: int = 1) -> netns.Cluster:
     return cluster
 
 
-def node_env(cluster: netns.Cluster, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """What a user's shell on a node would export: this venv's environment, Gloo on eth0."""
-    return netns.exec_env(cluster, {**clean_env(), **NODE_ENV, **(extra or {})})
-
-
 def run_on(cluster: netns.Cluster, node: str, argv: list[str], *, timeout: float = 300,
            env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(netns.exec_argv(cluster, node, argv), env=node_env(cluster, env),
+    return subprocess.run(netns.exec_argv(cluster, node, argv), env=netns.node_env(cluster, env),
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 

@@ -54,6 +54,17 @@ def test_exec_enters_the_node_under_its_hostname_with_the_callers_environment():
         netns.exec_argv(CLUSTER, "node9", ["true"])
 
 
+def test_a_node_s_environment_is_a_user_s_shell_there(monkeypatch):
+    # Started from inside another job, that job's per-rank variables must not reach the nodes.
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
+    monkeypatch.setenv("NCCL_DEBUG", "INFO")
+    env = netns.node_env(CLUSTER, {"GLOO_SOCKET_IFNAME": "lo", "X": "1"})
+    assert "OMPI_COMM_WORLD_RANK" not in env and env["NCCL_DEBUG"] == "INFO" and env["X"] == "1"
+    assert env["GLOO_SOCKET_IFNAME"] == "lo"  # the caller's extra wins
+    assert netns.node_env(CLUSTER)["GLOO_SOCKET_IFNAME"] == netns.IFACE
+    assert env["PRTE_MCA_plm_ssh_agent"] == str(CLUSTER.agent)
+
+
 def test_without_root_it_refuses_in_one_line(monkeypatch, capsys):
     monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
     assert netns.main(["up", "2"]) == 2
