@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
-from ddtrain.comm.buckets import MiB, plan_buckets, slot_views
+from ddtrain.comm.buckets import BucketPlan, MiB, plan_buckets, slot_views
+from ddtrain.comm.packing import TritonBuckets, choose_packing
 from ddtrain.comm.reducer import COMM_DTYPES
 from ddtrain.config import TrainConfig
 from ddtrain.data.feed import loader_workers, to_device, train_loader
@@ -52,7 +54,8 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
     plan = plan_buckets([p.numel() for p in params], elsize, cfg.comm.bucket_mb * MiB,
                         cfg.comm.first_bucket_mb * MiB)
     dtype = COMM_DTYPES[cfg.comm.dtype]
-    fill_into = slot_views([torch.empty(n, dtype=dtype, device=device) for n in plan.sizes], plan)
+    buffers = [torch.empty(n, dtype=dtype, device=device) for n in plan.sizes]
+    fill = bucket_fill(cfg.comm.pack, params, plan, buffers)
 
     seen: dict[int, float] = {}
 
@@ -76,7 +79,7 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
             t2 = _now(device)
             loss.backward()
             t3 = _now(device)
-            fill_buckets(params, fill_into)
+            fill()
             tf = _now(device)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -104,6 +107,24 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
         batch=batch, forward_s=med(fwd), backward_s=med(bwd), optimizer_s=med(opt), data_s=med(data),
         buckets=buckets, flops_per_sample=float(flops), cv=cv, fill_s=med(fills),
     )
+
+
+def bucket_fill(pack: str, params: list[torch.Tensor], plan: BucketPlan,
+                buffers: list[torch.Tensor]) -> Callable[[], None]:
+    """Filling every bucket (``buffers``) from the gradients the way the reducer will
+    (comm.pack): one Triton launch per bucket where ``choose_packing`` picks it (auto on a GPU),
+    else a copy per tensor."""
+    how, _why = choose_packing(pack, buffers[0].device, {p.dtype for p in params})
+    if how == "triton":
+        packer = TritonBuckets(plan, buffers, params)
+
+        def fill_triton() -> None:
+            for b in range(len(plan.sizes)):
+                packer.pack(b, 0.5)
+
+        return fill_triton
+    views = slot_views(buffers, plan)
+    return lambda: fill_buckets(params, views)
 
 
 def fill_buckets(params: list[torch.Tensor], views: list[torch.Tensor]) -> None:

@@ -148,3 +148,39 @@ def test_the_profile_times_the_bucket_fill_that_one_worker_alone_never_does():
     assert prof.fill_s > 0 and prof.grad_bytes > 0
     # A pass over the gradients, much shorter than the backward that made them.
     assert prof.fill_s < prof.backward_s
+
+
+def test_the_profile_fills_the_buckets_as_the_reducer_packs_them(monkeypatch):
+    # comm.pack picks the fill the reducer will use: one Triton launch per bucket where it
+    # packs with Triton (auto on a GPU; here forced, in the interpreter), a copy per tensor else.
+    from ddtrain.comm.packing import TritonBuckets
+    from ddtrain.config import from_mapping
+    from ddtrain.scaling.profile import bucket_fill, profile_worker
+
+    packed = []
+    pack = TritonBuckets.pack
+    monkeypatch.setattr(TritonBuckets, "pack",
+                        lambda self, b, scale: packed.append(b) or pack(self, b, scale))
+    comm = {"pack": "triton", "bucket_mb": 0.01, "first_bucket_mb": 0.01}
+    cfg = from_mapping({"model": {"name": "mlp", "hidden": 64, "layers": 2}, "data": {"image_size": 8},
+                        "comm": comm})
+    prof = profile_worker(cfg, 4, torch.device("cpu"), steps=2, warmup=1)
+    buckets = len(prof.buckets)
+    assert buckets > 1 and prof.fill_s > 0
+    assert packed == list(range(buckets)) * 3  # every bucket, every step (1 warm-up + 2)
+
+    # The Triton fill writes what the per-tensor copy writes.
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    from ddtrain.comm.buckets import plan_buckets
+
+    plan = plan_buckets([15, 7], 4, 64, 64)
+    filled = {}
+    for how in ("torch", "triton"):
+        buffers = [torch.full((n,), float("nan")) for n in plan.sizes]
+        bucket_fill(how, params, plan, buffers)()
+        filled[how] = torch.cat(buffers)
+    assert len(plan.sizes) == 2 and torch.equal(filled["torch"], filled["triton"])
+    assert torch.equal(torch.sort(filled["torch"]).values,
+                       torch.sort(torch.cat([p.grad.reshape(-1) * 0.5 for p in params])).values)
