@@ -80,7 +80,8 @@ def repredicted(directory: Path, meta: dict, rows: dict, n: int) -> dict:
     import dataclasses
     import statistics
 
-    from ddtrain.scaling.model import Bucket, Cluster, MeasuredAllReduce, Profile, predict_step
+    from ddtrain.scaling.model import Bucket, Cluster, Profile, predict_step
+    from ddtrain.scaling.study import measured_allreduces
 
     raw = dict(next(iter(meta["profiles"].values())))
     raw["buckets"] = tuple(Bucket(**b) for b in raw["buckets"])
@@ -96,9 +97,7 @@ def repredicted(directory: Path, meta: dict, rows: dict, n: int) -> dict:
         cv=statistics.median(r["cv"] for r in ones))
     fields = {x.name for x in dataclasses.fields(Cluster)}
     cluster = Cluster(**{k: v for k, v in meta["cluster"].items() if k in fields})
-    calibration = json.loads((directory / "allreduce.json").read_text())["rows"]
-    measured = {n: MeasuredAllReduce(n, tuple((r["size_bytes"], r["time_s"]) for r in calibration),
-                                     cluster.inter_bw_GBps)}
+    measured = measured_allreduces(cluster, json.loads((directory / "allreduce.json").read_text()))
     study_step = rows[("predicted", n)]["step_time_s"]
     candidates = [predict_step(dataclasses.replace(profile, overlap=o), cluster, n, measured)
                   for o in (True, False)]

@@ -43,6 +43,10 @@ class AllReduceRow:
     algbw_GBps: float
     busbw_GBps: float
     iters: int
+    # CPU seconds per all-reduce (every thread of the process, user and kernel), the busiest
+    # rank's: what it takes from compute on a core it shares. Over a slow link most of an
+    # all-reduce is waiting, which costs none.
+    cpu_s: float | None = None
 
 
 def busbw(algbw: float, n: int) -> float:
@@ -105,12 +109,15 @@ def run_sweep(ctx: DistContext, sizes: Sequence[int], *, dtype: torch.dtype = to
         est = torch.tensor([per_iter], dtype=torch.float64, device=coll)
         dist.all_reduce(est, op=dist.ReduceOp.MAX)
         iters = int(min(max_iters, max(min_iters, budget_s // max(est.item(), 1e-9))))
+        cpu0 = time.process_time()
         times = torch.tensor([_timed_all_reduce(buf) for _ in range(iters)], dtype=torch.float64, device=coll)
+        cpu = torch.tensor([(time.process_time() - cpu0) / iters], dtype=torch.float64, device=coll)
         # An iteration ends when its slowest rank does: one MAX reduction after the loop, so
         # the timed loop holds nothing but the collectives themselves.
         dist.all_reduce(times, op=dist.ReduceOp.MAX)
+        dist.all_reduce(cpu, op=dist.ReduceOp.MAX)
         t = statistics.median(times.tolist())
-        row = AllReduceRow(size, t, size / t / 1e9, busbw(size / t / 1e9, ctx.world_size), iters)
+        row = AllReduceRow(size, t, size / t / 1e9, busbw(size / t / 1e9, ctx.world_size), iters, cpu.item())
         rows.append(row)
         del buf  # free the 256 MiB buffer before the next size allocates its own
         if on_row is not None:
@@ -147,8 +154,9 @@ def human_bytes(n: int) -> str:
 
 
 def format_table(rows: Sequence[AllReduceRow]) -> str:
-    lines = ["| size | time (us) | algbw (GB/s) | busbw (GB/s) |", "|---:|---:|---:|---:|"]
-    lines += [f"| {human_bytes(r.size_bytes)} | {r.time_s * 1e6:.1f} | {r.algbw_GBps:.3f} | "
+    lines = ["| size | time (us) | cpu (us) | algbw (GB/s) | busbw (GB/s) |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {human_bytes(r.size_bytes)} | {r.time_s * 1e6:.1f} | "
+              f"{'-' if r.cpu_s is None else f'{r.cpu_s * 1e6:.1f}'} | {r.algbw_GBps:.3f} | "
               f"{r.busbw_GBps:.3f} |" for r in rows]
     return "\n".join(lines)
 

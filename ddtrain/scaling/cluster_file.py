@@ -41,6 +41,7 @@ def cluster_yaml(cluster: Cluster, *, name: str, device: str, cv: float | None, 
         f"cv: {cv_line}",
         f"cv_source: {json.dumps(source)}",
         f"node_slowdown: {cluster.node_slowdown:.4g}  # measured: one worker's compute with its node full",
+        f"optimizer_slowdown: {cluster.optimizer_slowdown:.4g}  # measured: its optimizer step, the same way",
         f"description: {json.dumps(cluster.description)}",
     ]
     return "\n".join(lines) + "\n"

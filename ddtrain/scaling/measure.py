@@ -208,18 +208,22 @@ def calibrate_allreduce(scale: ScaleConfig, launcher: Launcher, n: int, study_di
 
 
 def measure_node_slowdown(cfg: TrainConfig, launcher: Launcher, k: int, batch: int, threads: int,
-                          study_dir: Path, repeats: int) -> float:
-    """Compute time of one worker when k workers share this node, over its time alone.
+                          study_dir: Path, repeats: int) -> tuple[float, float]:
+    """(compute, optimizer step): each phase's time in one worker when k workers share this
+    node, over its time alone.
 
     Both are measured back to back, through the launcher (same binding), as k independent
-    one-worker profiles with no communication, so the ratio isolates what the workers do to
-    each other's compute (shared cores, memory bandwidth, caches) from any network effect.
+    one-worker profiles with no communication that meet before each step and each optimizer
+    step, as a synchronous job's ranks do, so the ratios isolate what the workers do to each
+    other (shared cores, memory bandwidth, caches) from any network effect. The optimizer step
+    streams the whole training state and contends for memory bandwidth more than compute does.
     """
     probe = study_dir / "node_probe"
     probe.mkdir(parents=True, exist_ok=True)
     config = probe / "config.json"
     config.write_text(json.dumps(to_mapping(replace(cfg, trainer=replace(cfg.trainer, threads=threads)))))
     compute: dict[int, list[float]] = {1: [], k: []}
+    optimizer: dict[int, list[float]] = {1: [], k: []}
     for r in range(repeats):  # interleaved, like the training runs, against drift
         for workers in (1, k) if r % 2 == 0 else (k, 1):
             out = probe / f"k{workers}-r{r}"
@@ -229,4 +233,6 @@ def measure_node_slowdown(cfg: TrainConfig, launcher: Launcher, k: int, batch: i
             for f in sorted(out.glob("*.json")):
                 prof = json.loads(f.read_text())
                 compute[workers].append(prof["forward_s"] + prof["backward_s"])
-    return statistics.median(compute[k]) / statistics.median(compute[1])
+                optimizer[workers].append(prof["optimizer_s"])
+    med = statistics.median
+    return med(compute[k]) / med(compute[1]), med(optimizer[k]) / med(optimizer[1])

@@ -7,7 +7,7 @@ inter-node bandwidth and latency, and the all-reduce algorithm.
 
 A step at N workers is predicted as
 
-    step(N) = data + S_N * K * (forward + backward + fill) + exposed_comm(N) + optimizer
+    step(N) = data + S_N * K * (forward + backward + fill) + exposed_comm(N) + K_opt * optimizer
 
 * fill (``Profile.fill_s``) is copying every gradient into its bucket, scaled by 1/N, which the
   reducer does in backward's hooks whenever a worker has peers (N > 1): a pass over the
@@ -17,13 +17,16 @@ A step at N workers is predicted as
   starting when its bucket is ready and the previous one has finished. Whatever finishes after
   backward is exposed; the rest hid behind the remaining backward. Where no core is spare for
   communication (``Profile.overlap`` False), the part that ran during backward took the core
-  from it: backward is longer by that much, and the step is as if nothing overlapped.
+  from it for as long as it kept a CPU busy (``MeasuredAllReduce.cpu_share``: the calibration's
+  CPU time over its wall time, all of it where not measured): backward is longer by that much.
+  Over loopback an all-reduce is all CPU, and the step is as if nothing overlapped; over a slow
+  link it is mostly waiting, which hides as on a spare core.
 * Each all-reduce costs alpha-beta (Hockney) time for its algorithm (``allreduce_time``).
 * S_N = 1 + z_N * cv is the straggler factor: a synchronous step waits for the slowest of N
   workers, and the expected maximum of N normal samples is mean + z_N * sd (z_2 = 0.56,
   z_128 = 2.6). ``cv`` is the measured step-time jitter (sd / median) of one worker.
 * K is the cluster's node-sharing slowdown (1 for one GPU per worker; measured on CPU nodes,
-  where workers share cores and memory bandwidth).
+  where workers share cores and memory bandwidth), K_opt the same for the optimizer step.
 * Sharded data parallel (``Profile.shard``, comm.shard): ``optimizer`` all-reduces as above,
   ``gradients`` reduce-scatters each bucket (half an all-reduce: half the steps, half the
   traffic; ``Profile.scatter_share``); both step 1/N of the optimizer and then all-gather every
@@ -123,6 +126,9 @@ class Cluster:
     # Compute slowdown when a node's workers all run at once (shared cores, memory bandwidth,
     # caches). ~1 for GPUs (one device each); measured for CPU workers (``ddtrain-scale``).
     node_slowdown: float = 1.0
+    # The same for the optimizer step, which streams the training state through memory and
+    # slows more than compute where workers share a node's memory bandwidth.
+    optimizer_slowdown: float = 1.0
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -140,8 +146,9 @@ class Cluster:
             raise ValueError(f"cluster.cv is null for cluster {self.name}, which is not this machine: give "
                              "its step-time jitter (sd / median of one worker's step times, e.g. 0.03) and "
                              "cluster.cv_source, where the figure comes from")
-        if not self.node_slowdown > 0:
-            raise ValueError(f"cluster.node_slowdown={self.node_slowdown!r} must be > 0")
+        for key in ("node_slowdown", "optimizer_slowdown"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"cluster.{key}={getattr(self, key)!r} must be > 0")
         for key in ("intra_latency_us", "inter_latency_us", "overhead_us"):
             if getattr(self, key) < 0:
                 raise ValueError(f"cluster.{key}={getattr(self, key)!r} must be >= 0")
@@ -163,17 +170,33 @@ class MeasuredAllReduce:
     n: int
     points: tuple[tuple[float, float], ...]  # (bytes, seconds), sizes ascending
     bus_bw_GBps: float
+    # (bytes, CPU seconds of the busiest rank per all-reduce), the same sizes; empty when the
+    # calibration did not measure it.
+    cpu_points: tuple[tuple[float, float], ...] = ()
 
     def time(self, nbytes: float) -> float:
-        sizes = [s for s, _ in self.points]
-        times = [t for _, t in self.points]
-        if nbytes <= sizes[0]:
-            return times[0]
-        if nbytes >= sizes[-1]:
-            return times[-1] * nbytes / sizes[-1]
-        i = next(k for k in range(1, len(sizes)) if sizes[k] >= nbytes)
-        f = math.log(nbytes / sizes[i - 1]) / math.log(sizes[i] / sizes[i - 1])
-        return math.exp(math.log(times[i - 1]) + f * math.log(times[i] / times[i - 1]))
+        return _loglog(self.points, nbytes)
+
+    def cpu_share(self, nbytes: float) -> float:
+        """The part of an all-reduce of ``nbytes`` that keeps a CPU busy, in [0, 1]; 1 when not
+        measured. Where no core is spare, only this part takes time from the compute beside it."""
+        if not self.cpu_points:
+            return 1.0
+        return min(1.0, max(0.0, _loglog(self.cpu_points, nbytes) / self.time(nbytes)))
+
+
+def _loglog(points: tuple[tuple[float, float], ...], x: float) -> float:
+    """``points`` (x ascending) interpolated in log-log, constant below the first and in
+    proportion to x beyond the last."""
+    xs = [a for a, _ in points]
+    ys = [max(b, 1e-12) for _, b in points]
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1] * x / xs[-1]
+    i = next(k for k in range(1, len(xs)) if xs[k] >= x)
+    f = math.log(x / xs[i - 1]) / math.log(xs[i] / xs[i - 1])
+    return math.exp(math.log(ys[i - 1]) + f * math.log(ys[i] / ys[i - 1]))
 
 
 def allreduce_time(nbytes: float, n: int, c: Cluster, measured: MeasuredAllReduce | None = None) -> float:
@@ -279,21 +302,25 @@ def predict_step(p: Profile, c: Cluster, n: int,
     fwd, bwd = s * p.forward_s, s * (p.backward_s + fill)
     sharded = p.shard != "none" and n > 1
     end = after = 0.0  # the last all-reduce's end, launched during backward / after it
-    comm = 0.0
+    comm = cpu = 0.0
     halves = []  # a bucket's all-gather (and reduce-scatter) time: half its all-reduce's
+    here = (measured or {}).get(n)
     for b in p.buckets:
-        t = allreduce_time(b.nbytes, n, c, (measured or {}).get(n))
+        t = allreduce_time(b.nbytes, n, c, here)
         halves.append(t / 2)
         if p.shard == "gradients":
             t *= p.scatter_share
         end = max(end, fwd + b.ready * bwd) + t
         after = max(after, fwd + bwd) + t
         comm += t
+        cpu += t * (here.cpu_share(b.nbytes) if here is not None else 1.0)
     busy = p.buckets and n > 1
     exposed = max(0.0, end - (fwd + bwd)) if busy else 0.0
-    # No spare core: what overlapped backward stretched it instead of hiding.
-    stretch = 0.0 if p.overlap or not busy else max(0.0, after - (fwd + bwd)) - exposed
-    optimizer = p.optimizer_s / n if sharded else p.optimizer_s
+    # No spare core: the part that overlapped backward took the core from it for as long as it
+    # kept a CPU busy (all of it over loopback; over a slow link mostly waiting, which hides).
+    hidden = max(0.0, after - (fwd + bwd)) - exposed
+    stretch = 0.0 if p.overlap or not busy else hidden * (cpu / comm if comm > 0 else 1.0)
+    optimizer = (p.optimizer_s / n if sharded else p.optimizer_s) * (c.optimizer_slowdown if n > 1 else 1.0)
     gather = sum(halves) if sharded else 0.0
     waited = gather_wait(p, fwd, halves) if sharded else 0.0
     step = p.data_s + fwd + bwd + stretch + exposed + optimizer + waited

@@ -37,9 +37,11 @@ def _now(device: torch.device) -> float:
 
 
 def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps: int = 12,
-                   warmup: int = 3, start=None) -> Profile:
-    """One worker's profile at ``batch``. ``start()``, if given, runs just before the first
-    step: concurrent profiles meet there, so that their timed steps overlap."""
+                   warmup: int = 3, meet=None) -> Profile:
+    """One worker's profile at ``batch``. ``meet()``, if given, runs before every step and
+    before every optimizer step (outside the timed phases): concurrent profiles meet there, as
+    the ranks of a synchronous job do at each step's all-reduce, so their computes overlap and
+    so do their optimizer steps, which contend for memory bandwidth more than compute does."""
     dataset, _ = build_datasets(cfg)
     model = make_model(cfg, getattr(dataset, "spec", None)).to(device)
     optimizer, _ = build_optimizer(cfg.optim, model, warmup + steps)
@@ -66,11 +68,11 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
 
     handles = [p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(params)]
     fwd, bwd, opt, data, total, ready, fills = [], [], [], [], [], [], []
-    if start is not None:
-        start()
     try:
         for step in range(warmup + steps):
             seen.clear()
+            if meet is not None:
+                meet()
             t0 = _now(device)
             x, y = to_device(next(batches), device)
             t1 = _now(device)
@@ -81,6 +83,9 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
             t3 = _now(device)
             fill()
             tf = _now(device)
+            if meet is not None:
+                meet()
+            to = _now(device) if meet is not None else tf  # a meeting's wait is in no phase
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             t4 = _now(device)
@@ -90,8 +95,8 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
             fwd.append(t2 - t1)
             bwd.append(t3 - t2)
             fills.append(tf - t3)
-            opt.append(t4 - tf)
-            total.append(t4 - t0 - (tf - t3))  # one worker's own step: it fills nothing
+            opt.append(t4 - to)
+            total.append(t4 - t0 - (to - t3))  # one worker's own step: it fills and waits for nothing
             ready.append(ready_fractions(seen, plan.members, t2, t3))
     finally:
         batches.close()
@@ -164,14 +169,15 @@ def main(argv: list[str] | None = None) -> None:
     env = detect_launch_env(os.environ)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    start = None
+    meet = None
     if env.is_mpi and env.world_size > 1:
-        # The k workers start at different moments (imports, remote nodes' daemons): without a
-        # common start their timed steps would overlap only in part, and sharing look cheaper.
+        # The k workers start at different moments (imports, remote nodes' daemons) and drift
+        # apart: without meeting at every step their phases would overlap only in part, and
+        # sharing look cheaper than in a synchronous job.
         from mpi4py import MPI
 
-        start = MPI.COMM_WORLD.Barrier
-    p = profile_worker(cfg, int(batch), torch.device("cpu"), steps=10, warmup=3, start=start)
+        meet = MPI.COMM_WORLD.Barrier
+    p = profile_worker(cfg, int(batch), torch.device("cpu"), steps=10, warmup=3, meet=meet)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / f"{env.rank}.json").write_text(json.dumps(asdict(p)))
 

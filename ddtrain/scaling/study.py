@@ -206,7 +206,8 @@ def measured_allreduces(cluster: Cluster, fit: dict | None) -> dict[int, Measure
         n = run["n"]
         bw = cluster.inter_bw_GBps if n > cluster.gpus_per_node else cluster.intra_bw_GBps
         points = tuple(sorted((r["size_bytes"], r["time_s"]) for r in run["rows"]))
-        out[n] = MeasuredAllReduce(n, points, bw)
+        cpu = tuple(sorted((r["size_bytes"], r["cpu_s"]) for r in run["rows"] if r.get("cpu_s") is not None))
+        out[n] = MeasuredAllReduce(n, points, bw, cpu if len(cpu) == len(points) else ())
     return out
 
 
@@ -226,10 +227,11 @@ def model_cluster(study: Study, fit: dict | None) -> Cluster:
     # as the jobs are (with scale.hostfile, across the same nodes, in the same placement), so it
     # measures what the workers of a node do to each other wherever they run.
     log.info("measuring node sharing: %d concurrent one-worker profiles vs one ...", n_max)
-    slowdown = measure_node_slowdown(study.cfg, study.launcher, n_max, study.cfg.data.batch_size,
-                                     machine.threads, study.study_dir, scale.repeats)
-    log.info("  compute is %.3fx slower with %d workers on this node", slowdown, n_max)
-    return replace(local, node_slowdown=slowdown)
+    slowdown, optimizer = measure_node_slowdown(study.cfg, study.launcher, n_max, study.cfg.data.batch_size,
+                                                machine.threads, study.study_dir, scale.repeats)
+    log.info("  compute is %.3fx slower and the optimizer step %.3fx with %d workers on this node",
+             slowdown, optimizer, n_max)
+    return replace(local, node_slowdown=slowdown, optimizer_slowdown=optimizer)
 
 
 def choose_device_model(choice: str, cluster_device: str, local_gpu: str) -> tuple[str, str]:

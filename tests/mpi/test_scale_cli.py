@@ -83,7 +83,7 @@ def test_measured_study_one_and_two_workers(tmp_path):
     error = meta["predicted_over_measured_step_time_minus_1"]["weak-n2"]
     assert math.isfinite(error) and error > -1
     assert meta["allreduce_fit"]["bus_bw_GBps"] > 0
-    assert meta["cluster"]["node_slowdown"] > 0
+    assert meta["cluster"]["node_slowdown"] > 0 and meta["cluster"]["optimizer_slowdown"] > 0
 
 
 def test_predict_only_to_128_gpus_on_a_cluster_preset(tmp_path):

@@ -38,14 +38,14 @@ def test_across_nodes_the_network_fit_and_inside_one_node_the_nodes_own():
 
 def test_the_written_preset_reads_back_as_the_calibrated_cluster(tmp_path):
     c = dataclasses.replace(local_cluster(LOCAL, {"fit": ACROSS, "inside": {"fit": INSIDE}}, 4, node_ranks=2),
-                            node_slowdown=1.8)
+                            node_slowdown=1.8, optimizer_slowdown=1.6)
     text = cluster_yaml(c, name="lab", device="h100_sxm", cv=0.021, provenance="ddtrain-scale ... on node1",
                         inside_measured=True)
     (tmp_path / "lab.yaml").write_text(text)
     _, back = read_cluster_file("lab.yaml", tmp_path)
     assert back.name == "lab" and back.device == "h100_sxm" and back.cv == pytest.approx(0.021)
     for key in ("gpus_per_node", "intra_bw_GBps", "intra_latency_us", "inter_bw_GBps", "inter_latency_us",
-                "node_slowdown"):
+                "node_slowdown", "optimizer_slowdown"):
         assert getattr(back, key) == pytest.approx(getattr(c, key), rel=1e-5), key
     # A CPU cluster (device "") leaves its jitter to the study that uses it.
     cpu = cluster_yaml(c, name="cpus", device="", cv=0.1, provenance="x", inside_measured=False)

@@ -10,6 +10,7 @@ independent prediction: the jitter and link efficiencies were chosen by us, once
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -99,6 +100,29 @@ def test_overlap_hides_communication_behind_remaining_backward():
     pred = predict_step(queued, c, 2)
     # first ready at 0.1 + 0.5 * 0.2 s, then 150 ms + 50 ms of comm; backward ends at 0.3 s
     assert pred.comm_exposed_s == pytest.approx(0.2 + 0.15 + 0.05 - 0.3)
+
+
+def test_without_a_spare_core_only_the_cpu_part_of_an_overlapped_all_reduce_stretches_backward():
+    from ddtrain.scaling.model import MeasuredAllReduce
+
+    c = flat(bw_GBps=1.0)
+    sizes = (1e6, 1e7, 1e8)
+    points = tuple((s, s / 1e9) for s in sizes)  # as the formula: 50 ms at 50 MB
+    early = _profile((Bucket(int(50e6), 0.0),), overlap=False)  # all of it overlaps backward
+
+    def step(cpu_fraction):
+        cpu = tuple((s, t * cpu_fraction) for s, t in points) if cpu_fraction is not None else ()
+        return predict_step(early, c, 2, {2: MeasuredAllReduce(2, points, 1.0, cpu)})
+
+    # Over loopback every byte costs a CPU: as before, backward takes the whole 50 ms longer.
+    assert step(1.0).compute_s == pytest.approx(0.35) and step(None).compute_s == pytest.approx(0.35)
+    # Over a slow link a fifth of it is CPU: backward is 10 ms longer, the rest hides.
+    assert step(0.2).compute_s == pytest.approx(0.31) and step(0.2).comm_exposed_s == pytest.approx(0.0)
+    assert step(0.2).step_s == pytest.approx(step(1.0).step_s - 0.04)
+    # The share is interpolated between calibrated sizes and bounded to [0, 1].
+    m = MeasuredAllReduce(2, points, 1.0, ((1e6, 5e-4), (1e7, 1e-3), (1e8, 0.2)))
+    assert m.cpu_share(1e6) == pytest.approx(0.5) and m.cpu_share(1e8) == 1.0
+    assert 0.1 < m.cpu_share(3e6) < 0.5
 
 
 def test_a_worker_with_peers_fills_its_buckets_during_backward_and_one_alone_does_not():
@@ -250,3 +274,15 @@ def test_sharding_halves_the_optimizer_and_adds_a_gather_that_the_next_forward_h
     assert flat_out.gather_exposed_s == pytest.approx(0.030)
     alone = predict_step(_profile(buckets, optimizer_s=0.08, shard="gradients"), c, 1)
     assert (alone.optimizer_s, alone.gather_s) == (0.08, 0.0)
+
+
+def test_the_optimizer_step_slows_by_its_own_node_sharing_factor_only_with_peers():
+    buckets = (Bucket(int(1e6), 1.0),)
+    c = dataclasses.replace(flat(bw_GBps=1.0), node_slowdown=1.1, optimizer_slowdown=1.7)
+    base = dataclasses.replace(c, optimizer_slowdown=1.0)
+    for shard, share in (("none", 1.0), ("optimizer", 0.5), ("gradients", 0.5)):
+        p = _profile(buckets, optimizer_s=0.02, shard=shard)
+        two, plain = predict_step(p, c, 2), predict_step(p, base, 2)
+        assert two.optimizer_s == pytest.approx(0.02 * share * 1.7), shard
+        assert two.step_s - plain.step_s == pytest.approx(0.02 * share * 0.7), shard
+        assert predict_step(p, c, 1).optimizer_s == pytest.approx(0.02), shard  # alone: nothing shared

@@ -152,6 +152,7 @@ def test_what_is_not_a_regular_file_is_refused(composed, tmp_path, given, kind):
          "cluster.algorithm='mesh' is not allowed; choose one of: ring, tree, hierarchical"),
         ({"cv": -0.1}, "cluster.cv=-0.1 must be >= 0"),
         ({"node_slowdown": 0.0}, "cluster.node_slowdown=0.0 must be > 0"),
+        ({"optimizer_slowdown": -1.0}, "cluster.optimizer_slowdown=-1.0 must be > 0"),
         ({"device": "h100x"}, "cluster.device='h100x' has no datasheet peak; choose one of: h100_sxm, "),
         ({"name": ["a", "b"]}, "cluster.name=['a', 'b'] is not a string"),
     ],

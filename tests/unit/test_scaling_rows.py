@@ -150,6 +150,22 @@ def test_the_profile_times_the_bucket_fill_that_one_worker_alone_never_does():
     assert prof.fill_s < prof.backward_s
 
 
+def test_concurrent_profiles_meet_before_each_step_and_each_optimizer_step_outside_the_phases():
+    # The node-sharing probe's profiles meet where a synchronous job's ranks do; the wait for
+    # the slowest is in no phase, or sharing would look costlier than it is.
+    import time
+
+    from ddtrain.config import from_mapping
+    from ddtrain.scaling.profile import profile_worker
+
+    met = []
+    cfg = from_mapping({"model": {"name": "mlp", "hidden": 32, "layers": 2}, "data": {"image_size": 8}})
+    prof = profile_worker(cfg, 4, torch.device("cpu"), steps=3, warmup=1,
+                          meet=lambda: met.append(1) or time.sleep(0.2))
+    assert len(met) == 2 * (1 + 3)
+    assert max(prof.data_s, prof.forward_s, prof.backward_s, prof.fill_s, prof.optimizer_s) < 0.1
+
+
 def test_the_profile_fills_the_buckets_as_the_reducer_packs_them(monkeypatch):
     # comm.pack picks the fill the reducer will use: one Triton launch per bucket where it
     # packs with Triton (auto on a GPU; here forced, in the interpreter), a copy per tensor else.
