@@ -44,9 +44,12 @@ class AllReduceRow:
     busbw_GBps: float
     iters: int
     # CPU seconds per all-reduce (every thread of the process, user and kernel), the busiest
-    # rank's: what it takes from compute on a core it shares. Over a slow link most of an
-    # all-reduce is waiting, which costs none.
+    # rank's: on a node with no spare core, compute loses at least this much.
     cpu_s: float | None = None
+    # The share of a core's compute lost while this all-reduce is in flight beside it, the
+    # busiest rank's (CPU only; None where not measured): over a slow link more than its CPU
+    # time, as its threads wake for every message, preempt the compute and evict its caches.
+    compute_lost: float | None = None
 
 
 def busbw(algbw: float, n: int) -> float:
@@ -86,6 +89,34 @@ def _timed_all_reduce(buf: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
+def _matmul_stream(device: torch.device) -> Callable[[], None]:
+    """One small unit of compute (a 128 x 128 matmul, tens of microseconds on a CPU core)."""
+    a = torch.randn(128, 128, device=device)
+    b = torch.empty_like(a)
+    return lambda: torch.mm(a, a, out=b)
+
+
+def _rate(unit: Callable[[], None], seconds: float) -> float:
+    """Units of compute per second, run alone for about ``seconds``."""
+    done, t0 = 0, time.perf_counter()
+    while (wall := time.perf_counter() - t0) < seconds:
+        unit()
+        done += 1
+    return done / wall
+
+
+def _lost_beside(buf: torch.Tensor, unit: Callable[[], None], rate: float) -> float:
+    """The share of ``rate`` lost while one all-reduce of ``buf`` is in flight: units run
+    until the collective completes, and count against the time it took."""
+    done, t0 = 0, time.perf_counter()
+    work = dist.all_reduce(buf, async_op=True)
+    while not work.is_completed():
+        unit()
+        done += 1
+    work.wait()
+    return max(0.0, 1.0 - done / rate / (time.perf_counter() - t0))
+
+
 def run_sweep(ctx: DistContext, sizes: Sequence[int], *, dtype: torch.dtype = torch.float32, warmup: int = 2,
               min_iters: int = 3, max_iters: int = 50, budget_s: float = 0.5,
               on_row: Callable[[AllReduceRow], None] | None = None) -> list[AllReduceRow]:
@@ -97,6 +128,9 @@ def run_sweep(ctx: DistContext, sizes: Sequence[int], *, dtype: torch.dtype = to
                          f"{budget_s}: need warmup >= 1, 1 <= min_iters <= max_iters and budget_s > 0")
     # Host float64 reductions go where the backend can reduce them (NCCL: only device tensors).
     coll = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+    # Where CPU workers share cores with their collectives, how much compute an all-reduce in
+    # flight costs decides how much of it hides (a GPU computes on its own engine).
+    unit = _matmul_stream(ctx.device) if ctx.device.type == "cpu" else None
 
     rows = []
     for size in sizes:
@@ -117,7 +151,17 @@ def run_sweep(ctx: DistContext, sizes: Sequence[int], *, dtype: torch.dtype = to
         dist.all_reduce(times, op=dist.ReduceOp.MAX)
         dist.all_reduce(cpu, op=dist.ReduceOp.MAX)
         t = statistics.median(times.tolist())
-        row = AllReduceRow(size, t, size / t / 1e9, busbw(size / t / 1e9, ctx.world_size), iters, cpu.item())
+        lost = None
+        if unit is not None:
+            # The rate alone is taken just before, against drift; every rank runs the same
+            # number of collectives (the agreed iters), whatever its own timing.
+            rate = _rate(unit, min(0.05, budget_s / 4))
+            shares = torch.tensor([statistics.median(_lost_beside(buf, unit, rate) for _ in range(iters))],
+                                  dtype=torch.float64, device=coll)
+            dist.all_reduce(shares, op=dist.ReduceOp.MAX)
+            lost = shares.item()
+        row = AllReduceRow(size, t, size / t / 1e9, busbw(size / t / 1e9, ctx.world_size), iters, cpu.item(),
+                           lost)
         rows.append(row)
         del buf  # free the 256 MiB buffer before the next size allocates its own
         if on_row is not None:
@@ -154,9 +198,11 @@ def human_bytes(n: int) -> str:
 
 
 def format_table(rows: Sequence[AllReduceRow]) -> str:
-    lines = ["| size | time (us) | cpu (us) | algbw (GB/s) | busbw (GB/s) |", "|---:|---:|---:|---:|---:|"]
+    lines = ["| size | time (us) | cpu (us) | compute lost beside it | algbw (GB/s) | busbw (GB/s) |",
+             "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {human_bytes(r.size_bytes)} | {r.time_s * 1e6:.1f} | "
-              f"{'-' if r.cpu_s is None else f'{r.cpu_s * 1e6:.1f}'} | {r.algbw_GBps:.3f} | "
+              f"{'-' if r.cpu_s is None else f'{r.cpu_s * 1e6:.1f}'} | "
+              f"{'-' if r.compute_lost is None else f'{r.compute_lost:.0%}'} | {r.algbw_GBps:.3f} | "
               f"{r.busbw_GBps:.3f} |" for r in rows]
     return "\n".join(lines)
 

@@ -17,10 +17,8 @@ A step at N workers is predicted as
   starting when its bucket is ready and the previous one has finished. Whatever finishes after
   backward is exposed; the rest hid behind the remaining backward. Where no core is spare for
   communication (``Profile.overlap`` False), the part that ran during backward took the core
-  from it for as long as it kept a CPU busy (``MeasuredAllReduce.cpu_share``: the calibration's
-  CPU time over its wall time, all of it where not measured): backward is longer by that much.
-  Over loopback an all-reduce is all CPU, and the step is as if nothing overlapped; over a slow
-  link it is mostly waiting, which hides as on a spare core.
+  from it in part (``MeasuredAllReduce.compute_lost``, all of it where not measured): backward
+  is longer by that share of the time they overlapped it.
 * Each all-reduce costs alpha-beta (Hockney) time for its algorithm (``allreduce_time``).
 * S_N = 1 + z_N * cv is the straggler factor: a synchronous step waits for the slowest of N
   workers, and the expected maximum of N normal samples is mean + z_N * sd (z_2 = 0.56,
@@ -170,19 +168,34 @@ class MeasuredAllReduce:
     n: int
     points: tuple[tuple[float, float], ...]  # (bytes, seconds), sizes ascending
     bus_bw_GBps: float
-    # (bytes, CPU seconds of the busiest rank per all-reduce), the same sizes; empty when the
-    # calibration did not measure it.
+    # (bytes, share of a core's compute lost beside it in flight) and (bytes, CPU seconds per
+    # all-reduce, the busiest rank's), the same sizes; empty when the calibration did not
+    # measure them.
+    lost_points: tuple[tuple[float, float], ...] = ()
     cpu_points: tuple[tuple[float, float], ...] = ()
 
     def time(self, nbytes: float) -> float:
         return _loglog(self.points, nbytes)
 
-    def cpu_share(self, nbytes: float) -> float:
-        """The part of an all-reduce of ``nbytes`` that keeps a CPU busy, in [0, 1]; 1 when not
-        measured. Where no core is spare, only this part takes time from the compute beside it."""
-        if not self.cpu_points:
-            return 1.0
-        return min(1.0, max(0.0, _loglog(self.cpu_points, nbytes) / self.time(nbytes)))
+    def compute_lost(self, nbytes: float) -> float:
+        """The share of a node's compute lost while an all-reduce of ``nbytes`` is in flight
+        and no core is spare, in [0, 1]; 1 when not measured. Two lower bounds, the larger
+        taken: the collective's CPU time over its wall time (with no spare core, every
+        CPU-second it uses is some rank's compute), and what a stream of small matmuls lost
+        beside it (the waking and the evicted caches; small matmuls miss little of the latter,
+        a backward more)."""
+        cpu = min(1.0, _loglog(self.cpu_points, nbytes) / self.time(nbytes)) if self.cpu_points else 0.0
+        if not self.lost_points:
+            return cpu if self.cpu_points else 1.0
+        return max(cpu, self._stream_lost(nbytes))
+
+    def _stream_lost(self, nbytes: float) -> float:
+        """The matmul stream's lost share, linear in log size between calibrated sizes."""
+        xs, ys = [math.log(x) for x, _ in self.lost_points], [y for _, y in self.lost_points]
+        x = min(max(math.log(nbytes), xs[0]), xs[-1])
+        i = next((k for k in range(1, len(xs)) if xs[k] >= x), len(xs) - 1)
+        f = 0.0 if xs[i] == xs[i - 1] else (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+        return min(1.0, max(0.0, ys[i - 1] + f * (ys[i] - ys[i - 1]) if len(xs) > 1 else ys[0]))
 
 
 def _loglog(points: tuple[tuple[float, float], ...], x: float) -> float:
@@ -302,7 +315,7 @@ def predict_step(p: Profile, c: Cluster, n: int,
     fwd, bwd = s * p.forward_s, s * (p.backward_s + fill)
     sharded = p.shard != "none" and n > 1
     end = after = 0.0  # the last all-reduce's end, launched during backward / after it
-    comm = cpu = 0.0
+    comm = lost = 0.0
     halves = []  # a bucket's all-gather (and reduce-scatter) time: half its all-reduce's
     here = (measured or {}).get(n)
     for b in p.buckets:
@@ -313,13 +326,13 @@ def predict_step(p: Profile, c: Cluster, n: int,
         end = max(end, fwd + b.ready * bwd) + t
         after = max(after, fwd + bwd) + t
         comm += t
-        cpu += t * (here.cpu_share(b.nbytes) if here is not None else 1.0)
+        lost += t * (here.compute_lost(b.nbytes) if here is not None else 1.0)
     busy = p.buckets and n > 1
     exposed = max(0.0, end - (fwd + bwd)) if busy else 0.0
-    # No spare core: the part that overlapped backward took the core from it for as long as it
-    # kept a CPU busy (all of it over loopback; over a slow link mostly waiting, which hides).
+    # No spare core: the part that overlapped backward took from its core the share of compute
+    # the calibration saw lost beside it (over a slow link mostly waiting, which hides).
     hidden = max(0.0, after - (fwd + bwd)) - exposed
-    stretch = 0.0 if p.overlap or not busy else hidden * (cpu / comm if comm > 0 else 1.0)
+    stretch = 0.0 if p.overlap or not busy else hidden * (lost / comm if comm > 0 else 1.0)
     optimizer = (p.optimizer_s / n if sharded else p.optimizer_s) * (c.optimizer_slowdown if n > 1 else 1.0)
     gather = sum(halves) if sharded else 0.0
     waited = gather_wait(p, fwd, halves) if sharded else 0.0

@@ -206,8 +206,11 @@ def measured_allreduces(cluster: Cluster, fit: dict | None) -> dict[int, Measure
         n = run["n"]
         bw = cluster.inter_bw_GBps if n > cluster.gpus_per_node else cluster.intra_bw_GBps
         points = tuple(sorted((r["size_bytes"], r["time_s"]) for r in run["rows"]))
+        lost = tuple(sorted((r["size_bytes"], r["compute_lost"]) for r in run["rows"]
+                            if r.get("compute_lost") is not None))
         cpu = tuple(sorted((r["size_bytes"], r["cpu_s"]) for r in run["rows"] if r.get("cpu_s") is not None))
-        out[n] = MeasuredAllReduce(n, points, bw, cpu if len(cpu) == len(points) else ())
+        out[n] = MeasuredAllReduce(n, points, bw, lost if len(lost) == len(points) else (),
+                                   cpu if len(cpu) == len(points) else ())
     return out
 
 

@@ -110,19 +110,25 @@ def test_without_a_spare_core_only_the_cpu_part_of_an_overlapped_all_reduce_stre
     points = tuple((s, s / 1e9) for s in sizes)  # as the formula: 50 ms at 50 MB
     early = _profile((Bucket(int(50e6), 0.0),), overlap=False)  # all of it overlaps backward
 
-    def step(cpu_fraction):
-        cpu = tuple((s, t * cpu_fraction) for s, t in points) if cpu_fraction is not None else ()
-        return predict_step(early, c, 2, {2: MeasuredAllReduce(2, points, 1.0, cpu)})
+    def step(share, cpu_share=None):
+        lost = tuple((s, share) for s, _ in points) if share is not None else ()
+        cpu = tuple((s, t * cpu_share) for s, t in points) if cpu_share is not None else ()
+        return predict_step(early, c, 2, {2: MeasuredAllReduce(2, points, 1.0, lost, cpu)})
 
-    # Over loopback every byte costs a CPU: as before, backward takes the whole 50 ms longer.
+    # A core lost whole beside it (or not measured): backward takes the whole 50 ms longer.
     assert step(1.0).compute_s == pytest.approx(0.35) and step(None).compute_s == pytest.approx(0.35)
-    # Over a slow link a fifth of it is CPU: backward is 10 ms longer, the rest hides.
+    # A fifth of the core lost (a slow link, mostly waiting): backward is 10 ms longer, the rest hides.
     assert step(0.2).compute_s == pytest.approx(0.31) and step(0.2).comm_exposed_s == pytest.approx(0.0)
     assert step(0.2).step_s == pytest.approx(step(1.0).step_s - 0.04)
-    # The share is interpolated between calibrated sizes and bounded to [0, 1].
-    m = MeasuredAllReduce(2, points, 1.0, ((1e6, 5e-4), (1e7, 1e-3), (1e8, 0.2)))
-    assert m.cpu_share(1e6) == pytest.approx(0.5) and m.cpu_share(1e8) == 1.0
-    assert 0.1 < m.cpu_share(3e6) < 0.5
+    # The share is interpolated in log size between calibrated sizes, held beyond them.
+    m = MeasuredAllReduce(2, points, 1.0, ((1e6, 0.5), (1e7, 0.1), (1e8, 0.3)))
+    assert m.compute_lost(1e5) == pytest.approx(0.5) and m.compute_lost(1e9) == pytest.approx(0.3)
+    assert m.compute_lost(10 ** 6.5) == pytest.approx(0.3) and m.compute_lost(1e7) == pytest.approx(0.1)
+    # The collective's own CPU time is the other bound: with no spare core every CPU-second it
+    # uses is some rank's compute (over loopback, more than the matmul stream loses).
+    assert step(0.2, cpu_share=0.6).compute_s == pytest.approx(0.33)
+    assert step(0.2, cpu_share=0.1).compute_s == pytest.approx(0.31)
+    assert step(None, cpu_share=0.6).compute_s == pytest.approx(0.33)
 
 
 def test_a_worker_with_peers_fills_its_buckets_during_backward_and_one_alone_does_not():
