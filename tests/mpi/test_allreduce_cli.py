@@ -39,7 +39,10 @@ def test_two_ranks_sweep_writes_rows_fit_and_table(tmp_path):
     assert doc["fit"]["alpha_s"] >= 0 and {"hostname", "torch", "date"} <= doc.keys()
     # Rank 0 alone prints: one header, one progress line per size, one table.
     assert proc.stdout.count("all_reduce: backend gloo, 2 ranks") == 1
-    assert "| size | time (us) | algbw (GB/s) | busbw (GB/s) |" in proc.stdout
+    header = "| size | time (us) | cpu (us) | compute lost beside it | algbw (GB/s) | busbw (GB/s) |"
+    assert header in proc.stdout
+    # Both shares the model charges to compute where no core is spare, measured at every size.
+    assert all(r["cpu_s"] > 0 and 0.0 <= r["compute_lost"] <= 1.0 for r in doc["rows"])
     assert "| 1 KiB |" in proc.stdout and "| 256 KiB |" in proc.stdout
     lines = proc.stdout.splitlines()
     assert sum(" iters " in ln for ln in lines) == 9 and proc.stdout.count("| 256 KiB |") == 1
