@@ -15,15 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-# The equivalence tests compare N ranks at batch B with one process at batch N x B. On CPUs with
-# AVX-512, oneDNN picks convolution kernels by batch size whose fp32 rounding differs by up to
-# 1e-3 after a few steps (torch DDP shows the same), far beyond the tests' fp32 tolerance; its
-# AVX2 kernels agree to 1e-6. oneDNN reads the variable when it first runs, so it is set before
-# torch is imported here; spawned ranks and subprocesses inherit it.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-
-import torch  # noqa: E402
+import torch
 
 # Without a GPU, Triton kernels run in its interpreter, on CPU tensors: that is how CI tests them.
 # Triton reads the variable when @triton.jit decorates, i.e. when a kernel module is imported, so
