@@ -43,6 +43,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from statistics import NormalDist
 
+import numpy as np
+
 ALGORITHMS = ("ring", "tree", "hierarchical")
 
 
@@ -192,10 +194,7 @@ class MeasuredAllReduce:
     def _stream_lost(self, nbytes: float) -> float:
         """The matmul stream's lost share, linear in log size between calibrated sizes."""
         xs, ys = [math.log(x) for x, _ in self.lost_points], [y for _, y in self.lost_points]
-        x = min(max(math.log(nbytes), xs[0]), xs[-1])
-        i = next((k for k in range(1, len(xs)) if xs[k] >= x), len(xs) - 1)
-        f = 0.0 if xs[i] == xs[i - 1] else (x - xs[i - 1]) / (xs[i] - xs[i - 1])
-        return min(1.0, max(0.0, ys[i - 1] + f * (ys[i] - ys[i - 1]) if len(xs) > 1 else ys[0]))
+        return min(1.0, max(0.0, float(np.interp(math.log(nbytes), xs, ys))))  # held beyond the ends
 
 
 def _loglog(points: tuple[tuple[float, float], ...], x: float) -> float:
