@@ -57,5 +57,5 @@ for epoch in range(5):
         mean /= world
     if rank == 0:
         print(f"epoch {epoch} loss {mean.item():.4f}")
-del model  # its gradient hooks hold the process group
+del model  # it holds the process group, whose Gloo threads must end before the interpreter does
 ddtrain.shutdown()

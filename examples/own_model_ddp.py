@@ -2,6 +2,7 @@
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  before init_process_group, or its defaults pin the group
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -58,4 +59,5 @@ for epoch in range(5):
         mean /= world
     if rank == 0:
         print(f"epoch {epoch} loss {mean.item():.4f}")
-dist.destroy_process_group()
+del model  # it holds the process group, whose Gloo threads must end before the interpreter does
+dist.destroy_process_group()  # joins those threads, now that nothing else holds the group

@@ -81,6 +81,10 @@ def init_distributed(env: LaunchEnv, *, backend: str, device: str, timeout_s: fl
         # Hostname-based interface choice is flaky (containers, VPNs); all ranks are here.
         os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback_interface())
     store = rendezvous(env, timeout_s)
+    # torch.distributed.nn's functions take ``group=group.WORLD`` as a default argument, bound at
+    # import. DDP imports the module; imported after the group exists, it would pin the group for
+    # the life of the process, so that shutdown() could never free it and join Gloo's threads.
+    import torch.distributed.nn  # noqa: F401
     dist.init_process_group(
         backend=backend,
         store=store,
@@ -93,19 +97,27 @@ def init_distributed(env: LaunchEnv, *, backend: str, device: str, timeout_s: fl
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Tear the group down while the interpreter is fully alive.
+    """Tear the group down while the interpreter is fully alive, joining Gloo's worker threads.
 
-    The barrier means no collective is in flight. The gc pass matters too: gradient hooks (the
-    reducer's, DDP's) sit in reference cycles, and an engine freed only by interpreter
-    finalisation takes the Gloo group with it then; a Gloo worker releasing a Python-owned
-    tensor at that point needs the GIL and can abort the process ("terminate called without an
-    active exception").
+    A Gloo worker frees each finished collective a moment after the caller's wait returns. When
+    that collective holds a Python-owned tensor and the interpreter is already finalising, the
+    worker cannot take the GIL and the process aborts ("terminate called without an active
+    exception"). Joining the workers here closes that window; they are joined when the group's
+    last reference goes, so the order matters:
+
+    1. The gc pass frees what sits in reference cycles (the engine's and DDP's gradient hooks) while
+       the group is still registered, so that no C++ owner, freeing it with the GIL held, joins
+       workers that may be waiting for the GIL.
+    2. The barrier means no collective is in flight.
+    3. Destroying the group drops its last references from Python, whose binding releases the GIL
+       before the join. A model the caller still holds keeps the group alive past this point:
+       ``del model`` first.
     """
     if ctx.backend is None or not dist.is_initialized():
         return
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
-    gc.collect()
 
 
 # --------------------------------------------------------------------------- reductions
