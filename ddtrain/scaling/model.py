@@ -38,6 +38,7 @@ Pure functions only: no torch, no process group.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -258,6 +259,30 @@ def straggler_factor(n: int, cv: float) -> float:
     return 1.0 + z * cv
 
 
+@functools.cache
+def median_lead(n: int) -> float:
+    """The median of (the maximum of n standard normals) minus one of them: how long, in standard
+    deviations of the compute, one rank of a synchronous step typically waits for the slowest.
+
+    Zero for n <= 2, where a rank is the slowest in half the steps. The expected wait (z_N, in
+    the straggler factor) is the right figure for the step, which every rank ends together; a
+    rank's own exposed communication is reported as a median over its steps, so it gets this."""
+    if n <= 2:
+        return 0.0
+    x, dx = np.linspace(-8.0, 8.0, 3201, retstep=True)
+    density = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)  # zero at both ends, so a plain sum integrates
+    cdf = np.frompyfunc(NormalDist().cdf, 1, 1)
+
+    def p_within(d: float) -> float:  # P(every other rank finishes within d of this one)
+        return float(np.sum(density * cdf(x + d).astype(float) ** (n - 1)) * dx)
+
+    lo, hi = 0.0, 10.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if p_within(mid) < 0.5 else (lo, mid)
+    return (lo + hi) / 2
+
+
 @dataclass(frozen=True)
 class StepPrediction:
     world_size: int
@@ -270,6 +295,7 @@ class StepPrediction:
     optimizer_s: float = 0.0  # the update: 1/N of one worker's when the optimizer is sharded
     gather_s: float = 0.0  # sharded: every bucket's all-gather, end to end
     gather_exposed_s: float = 0.0  # the part of it the next forward waits for
+    rank_wait_s: float = 0.0  # the median of one rank's wait for the slowest (``median_lead``)
 
     @property
     def comm_hidden_frac(self) -> float:
@@ -278,9 +304,10 @@ class StepPrediction:
     @property
     def rank_exposed_s(self) -> float:
         """Exposed communication as one rank measures it (from the end of its backward to the
-        end of the last all-reduce): the collectives cannot finish before the slowest rank joins,
-        so it holds that rank's lead over the slowest besides what did not hide."""
-        return self.comm_exposed_s + (self.compute_s - self.own_compute_s)
+        end of the last all-reduce), median over steps: the collectives cannot finish before the
+        slowest rank joins, so it holds that rank's wait for the slowest besides what did not
+        hide."""
+        return self.comm_exposed_s + self.rank_wait_s
 
 
 def jitter(p: Profile, c: Cluster) -> float:
@@ -336,8 +363,9 @@ def predict_step(p: Profile, c: Cluster, n: int,
     gather = sum(halves) if sharded else 0.0
     waited = gather_wait(p, fwd, halves) if sharded else 0.0
     step = p.data_s + fwd + bwd + stretch + exposed + optimizer + waited
-    return StepPrediction(n, step, fwd + bwd + stretch, comm, exposed, s,
-                          sharing * (p.compute_s + fill) + stretch, optimizer, gather, waited)
+    own = sharing * (p.compute_s + fill)
+    return StepPrediction(n, step, fwd + bwd + stretch, comm, exposed, s, own + stretch, optimizer, gather,
+                          waited, median_lead(n) * cv * own)
 
 
 def gather_wait(p: Profile, fwd: float, gathers: list[float]) -> float:

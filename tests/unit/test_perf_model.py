@@ -26,6 +26,7 @@ from ddtrain.scaling.model import (
     allreduce_time,
     buckets_from_layers,
     fusion_buckets,
+    median_lead,
     predict_step,
     scaling_curve,
     straggler_factor,
@@ -73,6 +74,24 @@ def test_straggler_factor_grows_with_workers():
     assert straggler_factor(2, 0.1) == pytest.approx(1 + 0.1 * 0.5449, rel=0.02)  # E[max of 2] = 0.564
     assert straggler_factor(128, 0.1) == pytest.approx(1 + 0.1 * 2.6, rel=0.03)
     assert straggler_factor(64, 0.0) == 1.0
+
+
+def test_a_rank_waits_for_the_slowest_a_median_that_is_below_the_mean_and_zero_at_two():
+    # By simulation (numpy, 4e6 samples, seed 1): the median of max(X1..Xn) - X1 for standard
+    # normals is 0.5566 at n = 3, 0.8365 at 4, 1.3422 at 8.
+    assert median_lead(1) == median_lead(2) == 0.0  # at 2, a rank is the slowest every other step
+    assert [median_lead(n) for n in (3, 4, 8)] == pytest.approx([0.5566, 0.8365, 1.3422], abs=3e-3)
+    for n in (3, 4, 8):  # the mean wait is E[max] = z_n: with few ranks the wait has a long upper tail
+        assert median_lead(n) < (straggler_factor(n, 1.0) - 1) < median_lead(n) * 1.6
+    # With many ranks the slowest's time hardly varies, and a rank's wait is about z_n minus its
+    # own deviation, whose median is 0.
+    assert median_lead(128) == pytest.approx(straggler_factor(128, 1.0) - 1, rel=0.02)
+    c = flat(bw_GBps=1.0)
+    p = _profile((Bucket(int(50e6), 1.0),), cv=0.1)
+    two, four = predict_step(p, c, 2), predict_step(p, c, 4)
+    assert two.rank_exposed_s == two.comm_exposed_s  # no typical wait, though the step has one
+    assert two.step_s > predict_step(dataclasses.replace(p, cv=0.0), c, 2).step_s
+    assert four.rank_exposed_s - four.comm_exposed_s == pytest.approx(median_lead(4) * 0.1 * 0.3)
 
 
 def _profile(buckets, overlap=True, **kw) -> Profile:
