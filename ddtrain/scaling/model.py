@@ -340,25 +340,36 @@ def predict_step(p: Profile, c: Cluster, n: int,
     fill = p.fill_s if n > 1 else 0.0
     fwd, bwd = s * p.forward_s, s * (p.backward_s + fill)
     sharded = p.shard != "none" and n > 1
-    end = after = 0.0  # the last all-reduce's end, launched during backward / after it
-    comm = lost = 0.0
     halves = []  # a bucket's all-gather (and reduce-scatter) time: half its all-reduce's
+    times = []  # each bucket's collective during backward
+    lost = 0.0
     here = (measured or {}).get(n)
     for b in p.buckets:
         t = allreduce_time(b.nbytes, n, c, here)
         halves.append(t / 2)
         if p.shard == "gradients":
             t *= p.scatter_share
-        end = max(end, fwd + b.ready * bwd) + t
-        after = max(after, fwd + bwd) + t
-        comm += t
+        times.append(t)
         lost += t * (here.compute_lost(b.nbytes) if here is not None else 1.0)
-    busy = p.buckets and n > 1
-    exposed = max(0.0, end - (fwd + bwd)) if busy else 0.0
+    comm = sum(times)
+    busy = bool(p.buckets) and n > 1
+    share = lost / comm if comm > 0 else 1.0
     # No spare core: the part that overlapped backward took from its core the share of compute
-    # the calibration saw lost beside it (over a slow link mostly waiting, which hides).
-    hidden = max(0.0, after - (fwd + bwd)) - exposed
-    stretch = 0.0 if p.overlap or not busy else hidden * (lost / comm if comm > 0 else 1.0)
+    # the calibration saw lost beside it (over a slow link mostly waiting, which hides). Backward
+    # is longer by that, so its later buckets are ready later and more of the collectives hide:
+    # a fixed point, reached in a few rounds: a longer backward moves its buckets' readiness by
+    # less than its own extra length.
+    def exposed_after(stretch: float) -> float:
+        if not busy:
+            return 0.0
+        return max(0.0, _last_end(p.buckets, times, fwd, bwd + stretch) - (fwd + bwd + stretch))
+
+    stretch, exposed = 0.0, exposed_after(0.0)
+    for _ in range(0 if p.overlap or not busy else 50):
+        stretch, before = (comm - exposed) * share, stretch
+        exposed = exposed_after(stretch)
+        if abs(stretch - before) < 1e-9:
+            break
     optimizer = (p.optimizer_s / n if sharded else p.optimizer_s) * (c.optimizer_slowdown if n > 1 else 1.0)
     gather = sum(halves) if sharded else 0.0
     waited = gather_wait(p, fwd, halves) if sharded else 0.0
@@ -366,6 +377,15 @@ def predict_step(p: Profile, c: Cluster, n: int,
     own = sharing * (p.compute_s + fill)
     return StepPrediction(n, step, fwd + bwd + stretch, comm, exposed, s, own + stretch, optimizer, gather,
                           waited, median_lead(n) * cv * own)
+
+
+def _last_end(buckets: tuple[Bucket, ...], times: list[float], fwd: float, bwd: float) -> float:
+    """When the last collective ends: one at a time, each starting when its bucket is ready and
+    the previous one is done."""
+    end = 0.0
+    for b, t in zip(buckets, times):
+        end = max(end, fwd + b.ready * bwd) + t
+    return end
 
 
 def gather_wait(p: Profile, fwd: float, gathers: list[float]) -> float:

@@ -112,8 +112,14 @@ def test_overlap_hides_communication_behind_remaining_backward():
     assert no_overlap.comm_exposed_s == pytest.approx(0.0, abs=1e-12)
     assert (no_overlap.compute_s, no_overlap.own_compute_s) == pytest.approx((0.35, 0.35))
     assert no_overlap.step_s == pytest.approx(predict_step(late, c, 2).step_s)
-    half = predict_step(_profile((Bucket(int(50e6), 0.9),), overlap=False), c, 2)  # 20 ms of backward left
-    assert (half.compute_s, half.comm_exposed_s) == pytest.approx((0.3 + 0.02, 0.03))
+    # 20 ms of backward left when the bucket is ready: the all-reduce takes the core for what
+    # overlaps, so backward ends later, and the bucket is ready later too, at 0.9 of the longer
+    # backward. The stretch s is what overlapped: 0.2 + s - 0.9 * (0.2 + s) = s, so s = 0.02 / 0.9;
+    # the step is still the serial one.
+    half = predict_step(_profile((Bucket(int(50e6), 0.9),), overlap=False), c, 2)
+    s = 0.02 / 0.9
+    assert (half.compute_s, half.comm_exposed_s) == pytest.approx((0.3 + s, 0.05 - s))
+    assert half.step_s == pytest.approx(predict_step(late, c, 2).step_s)
     # Buckets queue on one stream: the second starts when the first is done.
     queued = _profile((Bucket(int(150e6), 0.5), Bucket(int(50e6), 0.9)))
     pred = predict_step(queued, c, 2)
