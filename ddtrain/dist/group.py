@@ -16,6 +16,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+# torch.distributed.nn's functions take ``group=group.WORLD`` as a default argument, bound at
+# import. DDP imports the module; imported after the group exists, it would pin the group for the
+# life of the process, so that shutdown() could never free it and join Gloo's threads.
+import torch.distributed.nn  # noqa: F401
+
 from ddtrain.dist.env import LaunchEnv
 from ddtrain.dist.rendezvous import loopback_interface, rendezvous
 
@@ -81,10 +86,6 @@ def init_distributed(env: LaunchEnv, *, backend: str, device: str, timeout_s: fl
         # Hostname-based interface choice is flaky (containers, VPNs); all ranks are here.
         os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback_interface())
     store = rendezvous(env, timeout_s)
-    # torch.distributed.nn's functions take ``group=group.WORLD`` as a default argument, bound at
-    # import. DDP imports the module; imported after the group exists, it would pin the group for
-    # the life of the process, so that shutdown() could never free it and join Gloo's threads.
-    import torch.distributed.nn  # noqa: F401
     dist.init_process_group(
         backend=backend,
         store=store,
