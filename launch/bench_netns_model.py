@@ -102,7 +102,7 @@ def repredicted(directory: Path, meta: dict, rows: dict, n: int) -> dict:
     candidates = [predict_step(dataclasses.replace(profile, overlap=o), cluster, n, measured)
                   for o in (True, False)]
     pred = min(candidates, key=lambda p: abs(p.step_s - study_step))
-    return {"step_time_s": pred.step_s, "comm_exposed_s": pred.rank_exposed_s, "compute_s": pred.own_compute_s}
+    return {"step_time_s": pred.step_s, "comm_exposed_s": pred.rank_exposed_s}
 
 
 def error(pred: float | None, meas: float | None) -> str:

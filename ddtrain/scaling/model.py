@@ -365,11 +365,12 @@ def predict_step(p: Profile, c: Cluster, n: int,
         return max(0.0, _last_end(p.buckets, times, fwd, bwd + stretch) - (fwd + bwd + stretch))
 
     stretch, exposed = 0.0, exposed_after(0.0)
-    for _ in range(0 if p.overlap or not busy else 50):
-        stretch, before = (comm - exposed) * share, stretch
-        exposed = exposed_after(stretch)
-        if abs(stretch - before) < 1e-9:
-            break
+    if busy and not p.overlap:
+        for _ in range(50):
+            stretch, before = (comm - exposed) * share, stretch  # what overlapped backward, times its share
+            exposed = exposed_after(stretch)
+            if abs(stretch - before) < 1e-9:
+                break
     optimizer = (p.optimizer_s / n if sharded else p.optimizer_s) * (c.optimizer_slowdown if n > 1 else 1.0)
     gather = sum(halves) if sharded else 0.0
     waited = gather_wait(p, fwd, halves) if sharded else 0.0
