@@ -119,10 +119,29 @@ class Job:
                 pass  # never started, or already gone
 
 
+# Open MPI 5's daemon now and then fails to start inside a fresh namespace, before any rank runs;
+# nothing of the job has happened then, so it is started once more.
+START_FAILURE = "PMIx server's listener thread failed to start"
+
+
 def start(cluster, run_dir: Path, overrides: list[str], env: dict[str, str] | None = None,
           files: Path | None = None) -> Job:
     """``ddtrain-launch -n 2 --hostfile H`` on node1, each rank under ``rank_wrapper``, whose
-    files go to ``files`` (default: the run directory)."""
+    files go to ``files`` (default: the run directory). Returns once every rank has started."""
+    job = _launch(cluster, run_dir, overrides, env, files)
+    try:
+        job.pids(wait_s=60)
+    except RuntimeError:
+        job.kill()
+        if START_FAILURE not in job.stderr_tail():
+            raise
+        job = _launch(cluster, run_dir, overrides, env, files)
+        job.pids(wait_s=60)  # a second failure raises, with mpirun's stderr
+    return job
+
+
+def _launch(cluster, run_dir: Path, overrides: list[str], env: dict[str, str] | None,
+            files: Path | None) -> Job:
     from ddtrain.launcher.mpirun import console_script
     from ddtrain.testing import netns
 
