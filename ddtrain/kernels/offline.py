@@ -91,7 +91,7 @@ class Resources:
     registers: int  # per thread
     stack: int  # bytes per thread
     local: int  # bytes per thread of local memory: spills
-    shared: int  # bytes per block (static)
+    shared: int  # bytes per block: the cubin's static shared memory and what Triton asks for at launch
     error: str = ""  # the compile error, if it failed
 
 
@@ -104,26 +104,33 @@ class Row:
 
     @property
     def problems(self) -> list[str]:
-        out = []
-        if self.resources.error:
-            out.append(f"compile error: {self.resources.error}")
-        elif self.config.path == "persistent" and self.config.planned:
-            spill = self.resources.local + self.resources.stack
+        c, res, out = self.config, self.resources, []
+        limit = TARGETS[c.target].shared_per_sm
+        if res.error:
+            out.append(f"compile error: {res.error}")
+        elif c.planned and c.path in ("persistent", "stepwise") and res.shared > limit:
+            out.append(f"asks for {res.shared // 1024} KiB of shared memory per block, over {c.target}'s "
+                       f"{limit // 1024} KiB: the launch would fail")
+        if not res.error and c.path == "persistent" and c.planned:
+            spill = res.local + res.stack
             if spill > SPILL_ALLOWANCE:
-                out.append(f"spills in a persistent kernel (stack {self.resources.stack} B, local "
-                           f"{self.resources.local} B per thread, over the {SPILL_ALLOWANCE}-byte "
-                           "allowance): the weight slice leaves the registers")
+                out.append(f"spills in a persistent kernel (stack {res.stack} B, local {res.local} B per "
+                           f"thread, over the {SPILL_ALLOWANCE}-byte allowance): the weight slice leaves "
+                           "the registers")
             if not self.co_resident:
-                out.append(f"{self.config.programs} programs cannot be co-resident on {self.config.target}'s "
-                           f"SMs at {self.programs_per_sm} per SM: the grid barrier would deadlock")
+                out.append(f"{c.programs} programs cannot be co-resident on {c.target}'s SMs at "
+                           f"{self.programs_per_sm} per SM: the grid barrier would deadlock")
         return out
 
 
 # ------------------------------------------------------------------------------ what to compile
 def plan_for(target: Target, cell: str, mm: str, dtype: str, hidden: int, batch: int = BATCH,
-             measured: bool = True) -> Plan:
+             measured: bool = True, shared: bool = True) -> Plan:
+    """The plan on ``target``; ``shared=False`` leaves its shared-memory limit unknown, which gives
+    the tensor-core kernel the plan would hand over to the CUDA-core one for lack of it."""
     gates = 3 if cell == "gru" else 1
-    device = Device(target.sm_count, target.regs_per_sm, capability=target.capability)
+    device = Device(target.sm_count, target.regs_per_sm, capability=target.capability,
+                    shared_per_block=target.shared_per_sm if shared else 0)
     return plan_recurrence(hidden=hidden, batch=batch, gates=gates, element_size=ELEMENT_SIZE[dtype],
                            device=device, want="auto", mm=mm, measured=measured)
 
@@ -141,19 +148,22 @@ def largest_persistent_hidden(target: Target, cell: str, mm: str, dtype: str, ba
 
 def recurrence_configs(target: Target) -> list[Config]:
     """For each shape: the persistent candidate the budget allows (compiled to see whether it
-    spills) and, when the plan refuses it, the step-wise kernel the plan runs instead."""
+    spills), the kernel the plan runs given those spills (compiled to see its shared memory) and,
+    when the plan refuses either, the kernel it runs instead."""
     out = []
     for cell, act in CELLS:
         for mm in ("fma", "dot"):
             for dtype in DTYPES:
                 sizes = sorted({*HIDDEN, largest_persistent_hidden(target, cell, mm, dtype)} - {0})
                 for hidden in sizes:
-                    candidate = plan_for(target, cell, mm, dtype, hidden, measured=False)
                     plan = plan_for(target, cell, mm, dtype, hidden)
-                    same = replace(candidate, reason="") == replace(plan, reason="")
-                    for p, planned in ([(plan, True)] if same else [(candidate, False), (plan, True)]):
+                    tried = [plan_for(target, cell, mm, dtype, hidden, measured=False),
+                             plan_for(target, cell, mm, dtype, hidden, shared=False), plan]
+                    unique = list({replace(p, reason=""): p for p in tried}.values())
+                    for p in unique:
+                        planned = replace(p, reason="") == replace(plan, reason="")
                         for kernel in ("recurrence_fwd", "recurrence_bwd"):
-                            out.append(Config(kernel, target.name, dtype, cell, act, mm, hidden, BATCH,
+                            out.append(Config(kernel, target.name, dtype, cell, act, p.mm, hidden, BATCH,
                                               p.path, p.programs, p.block_h, p.num_warps, planned=planned))
     return out
 
@@ -192,7 +202,7 @@ def _sources_hash() -> str:
     import triton
 
     h = hashlib.sha256(triton.__version__.encode())
-    for name in ("rnn_triton.py", "packing.py"):
+    for name in ("rnn_triton.py", "packing.py", "offline.py"):  # offline.py: what is read from a compile
         h.update((KERNELS_DIR / name).read_bytes())
     return h.hexdigest()[:16]
 
@@ -285,7 +295,10 @@ def compile_one(config: Config) -> Resources:
                              text=True, check=True).stdout
     finally:
         cubin.unlink(missing_ok=True)
-    return parse_resource_usage(out, fn.__name__)
+    static = parse_resource_usage(out, fn.__name__)
+    # Triton keeps tl.dot operands and layout conversions in dynamic shared memory, which the cubin
+    # does not declare; the launch asks for it, and fails when the GPU has less.
+    return replace(static, shared=static.shared + compiled.metadata.shared)
 
 
 def _worker(config_json: str) -> str:
@@ -346,14 +359,15 @@ def table(rows: list[Row]) -> str:
 
 
 def measured_table(rows: list[Row]) -> list[dict]:
-    """The rows rnn_plan reads (kernel_resources.json): every persistent recurrence compile,
-    keyed by what decides its code (gates, element size, mapping, padded H, block, warps)."""
+    """The rows rnn_plan reads (kernel_resources.json): every recurrence compile, keyed by what
+    decides its code (path, gates, element size, mapping, padded H, block, warps)."""
     out = []
     for r in rows:
         c, s = r.config, r.resources
-        if c.kernel == "move_blocks" or c.path != "persistent" or s.error:
+        if c.kernel == "move_blocks" or s.error:
             continue
-        out.append({"capability": TARGETS[c.target].capability, "gates": 3 if c.cell == "gru" else 1,
+        out.append({"path": c.path, "capability": TARGETS[c.target].capability,
+                    "gates": 3 if c.cell == "gru" else 1,
                     "element_size": ELEMENT_SIZE[c.dtype], "mm": c.mm,
                     "h_pad": max(16, 1 << (c.hidden - 1).bit_length()),
                     "block_h": c.block_h, "num_warps": c.num_warps, "kernel": c.kernel, "cell": c.cell,

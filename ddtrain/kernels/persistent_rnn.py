@@ -49,7 +49,8 @@ def device_info(device: torch.device, want: str = "auto") -> Device | None:
         return Device(sm_count=1) if interpreting and want in ("persistent", "stepwise") else None
     props = torch.cuda.get_device_properties(device)
     return Device(props.multi_processor_count, getattr(props, "regs_per_multiprocessor", 65536),
-                  capability=10 * props.major + props.minor)
+                  capability=10 * props.major + props.minor,
+                  shared_per_block=getattr(props, "shared_memory_per_block_optin", 0))
 
 
 class _Recurrence(torch.autograd.Function):

@@ -38,6 +38,7 @@ class Device:
     sm_count: int
     regs_per_sm: int = 65536  # 32-bit registers: 64K on every NVIDIA GPU since Kepler
     capability: int = 0  # compute capability x 10 (90: Hopper); 0: unknown, nothing measured
+    shared_per_block: int = 0  # bytes of shared memory one block may take (opt-in); 0: unknown
 
 
 # What the kernels compiled for each architecture need (registers, stack, local memory), as
@@ -52,16 +53,33 @@ SPILL_ALLOWANCE = 32
 
 
 @functools.cache
+def _rows() -> tuple[dict, ...]:
+    return tuple(json.loads(RESOURCES_FILE.read_text())) if RESOURCES_FILE.is_file() else ()
+
+
+def _key(r: dict) -> tuple:
+    return (r["capability"], r["gates"], r["element_size"], r["mm"], r["h_pad"], r["block_h"], r["num_warps"])
+
+
+@functools.cache
 def _measured() -> dict[tuple, int]:
     """(capability, gates, element size, mm, H_PAD, block_h, warps) -> the most bytes per thread
-    that any compiled recurrence kernel of that shape keeps outside its registers."""
-    if not RESOURCES_FILE.is_file():
-        return {}
+    that any compiled persistent recurrence kernel of that shape keeps outside its registers."""
     out: dict[tuple, int] = {}
-    for r in json.loads(RESOURCES_FILE.read_text()):
-        key = (r["capability"], r["gates"], r["element_size"], r["mm"], r["h_pad"], r["block_h"],
-               r["num_warps"])
-        out[key] = max(out.get(key, 0), r["stack"] + r["local"])
+    for r in _rows():
+        if r["path"] == "persistent":
+            out[_key(r)] = max(out.get(_key(r), 0), r["stack"] + r["local"])
+    return out
+
+
+@functools.cache
+def _measured_shared() -> dict[tuple, int]:
+    """(path, capability, gates, element size, mm, H_PAD, block_h, warps) -> the most shared
+    memory per block (static and dynamic) that a compiled recurrence kernel of that shape asks for."""
+    out: dict[tuple, int] = {}
+    for r in _rows():
+        key = (r["path"], *_key(r))
+        out[key] = max(out.get(key, 0), r["shared"])
     return out
 
 
@@ -71,6 +89,14 @@ def measured_spill(device: Device, gates: int, element_size: int, mm: str, hidde
     architecture (0: none), or None when that shape was not compiled for it."""
     h_pad = max(16, _pow2_ceil(hidden))
     return _measured().get((device.capability, gates, element_size, mm, h_pad, block_h, num_warps))
+
+
+def measured_shared(device: Device, gates: int, element_size: int, plan: Plan, hidden: int) -> int | None:
+    """Bytes of shared memory per block the compiled kernel of ``plan`` asks for on ``device``'s
+    architecture, or None when that shape was not compiled for it."""
+    h_pad = max(16, _pow2_ceil(hidden))
+    return _measured_shared().get((plan.path, device.capability, gates, element_size, plan.mm, h_pad,
+                                   plan.block_h, plan.num_warps))
 
 
 @dataclass(frozen=True)
@@ -115,7 +141,35 @@ def plan_recurrence(
 ) -> Plan:
     """Pick persistent, step-wise, cuDNN or the reference loop for one layer's recurrence.
     ``measured``: also refuse a persistent shape whose compiled kernel spills on the device's
-    architecture (kernel_resources.json); False gives the candidate from the budget alone."""
+    architecture (kernel_resources.json), and a tensor-core (dot) kernel that asks for more
+    shared memory than the device has (it keeps its operands there; the CUDA-core kernel runs
+    instead); False gives the candidate from the budget alone."""
+    args = dict(hidden=hidden, batch=batch, gates=gates, element_size=element_size, device=device, want=want,
+                triton_ok=triton_ok, triton_reason=triton_reason, onchip_fraction=onchip_fraction,
+                stepwise_block=stepwise_block, measured=measured)
+    plan = _plan(**args, mm=mm)
+    if not (measured and mm == "dot" and plan.path in ("persistent", "stepwise")):
+        return plan
+    need = measured_shared(device, gates, element_size, plan, hidden) if device.shared_per_block else None
+    if need is not None and need > device.shared_per_block:
+        fma = _plan(**args, mm="fma")
+        why = (f"the tensor-core (dot) kernel compiled for sm_{device.capability} asks for {need // KiB} KiB "
+               f"of shared memory per block, over this GPU's {device.shared_per_block // KiB} KiB: CUDA-core "
+               "(fma) kernel")
+        return _with_reason(fma, f"{why}; {fma.reason}")
+    if plan.path == "stepwise" and want == "auto":
+        # One launch per time step costs more than the tensor cores gain at a small minibatch
+        # (docs/BENCHMARKS.md, the recurrent kernels on an H200): a persistent CUDA-core kernel wins.
+        fma = _plan(**args, mm="fma")
+        if fma.path == "persistent":
+            return _with_reason(fma, f"persistent CUDA-core (fma) kernel, not the step-wise tensor-core one "
+                                     f"({plan.reason}); {fma.reason}")
+    return plan
+
+
+def _plan(*, hidden: int, batch: int, gates: int, element_size: int, device: Device | None, want: str,
+          triton_ok: bool, triton_reason: str, onchip_fraction: float, stepwise_block: int, mm: str,
+          measured: bool) -> Plan:
     if want not in PATHS:
         raise ValueError(f"rnn path {want!r} is unknown; choose one of {', '.join(PATHS)}")
     if mm not in MATMULS:

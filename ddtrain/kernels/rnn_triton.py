@@ -33,6 +33,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 ACT_CODES = {"tanh": 0, "relu": 1}
@@ -296,7 +297,15 @@ def _launch(kernel, plan, args, max_spin: int, **meta):
     extra = {}
     if plan.path == "persistent" and COOPERATIVE:
         extra["launch_cooperative_grid"] = True
-    kernel[(plan.programs,)](*args, MAX_SPIN=max_spin, num_warps=plan.num_warps, **meta, **extra)
+    try:
+        kernel[(plan.programs,)](*args, MAX_SPIN=max_spin, num_warps=plan.num_warps, **meta, **extra)
+    except OutOfResources as e:
+        # A shape the planner's compiled table does not cover: say which knob avoids it.
+        raise RuntimeError(
+            f"the {plan.path} recurrence kernel (mm={plan.mm}, {plan.programs} programs x {plan.block_h} "
+            f"units, {plan.num_warps} warps) does not fit this GPU: {e} Use mm=fma, or path=cudnn for this "
+            "layer"
+        ) from e
 
 
 def _sync_state(device) -> torch.Tensor:

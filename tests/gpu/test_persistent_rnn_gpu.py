@@ -1,9 +1,8 @@
 """On a GPU: the compiled kernels at benchmark sizes, with a real multi-program grid barrier.
 
 The CPU tests run the same kernels in Triton's interpreter with one program per persistent
-launch; only here do 100+ programs meet at the barrier every step. Not yet run on a GPU (see
-docs/BENCHMARKS.md); the bounds are the interpreter ones, loosened for
-T = 64 steps of accumulated rounding.
+launch; only here do 100+ programs meet at the barrier every step. The bounds are the
+interpreter ones, loosened for T = 64 steps of accumulated rounding.
 """
 
 from __future__ import annotations
@@ -51,7 +50,12 @@ def test_persistent_layer_matches_float64_at_minibatch_4(cell, hidden, dtype):
     out, _ = ours(x.to(dtype), h0.to(dtype))
     grads = torch.autograd.grad(out, [*ours.parameters()], dy.to(dtype))
     plan = ours.last_plan
-    if not (cell == "gru" and hidden == 2048 and dtype == torch.float32):  # too big: step-wise
+    if cell == "gru" and hidden == 2048:
+        # fp32: U's slice is over the register budget; 2-byte: the compiled kernel spills it
+        # (kernel_resources.json), so the planner runs the step-wise kernel either way.
+        assert plan.path == "stepwise", plan.reason
+        assert ("on-chip budget" if dtype == torch.float32 else "outside its registers") in plan.reason
+    else:
         assert plan.path == "persistent", plan.reason
     assert relerr(out, out_ref) < BOUND[dtype], (seed, plan)
     for name, g, g_ref in zip([n for n, _ in ours.named_parameters()], grads, grads_ref):
@@ -75,3 +79,24 @@ def test_stepwise_and_persistent_agree_and_the_barrier_never_times_out():
         results[want] = hbuf.float()
     # Different tile widths (8 vs 16 units) may sum in a different order: agree to bf16 rounding.
     assert relerr(results["persistent"], results["stepwise"]) < 1e-2
+
+
+@pytest.mark.parametrize("cell,hidden", [("rnn", 1024), ("gru", 1024), ("gru", 2048)])
+def test_tensor_core_kernels_match_float64_or_hand_over_to_the_cuda_core_kernel(cell, hidden):
+    """mm=dot keeps its operands in shared memory; where the compiled kernel asks for more than
+    the GPU has, the planner runs mm=fma instead of failing at launch."""
+    from ddtrain.kernels.persistent_rnn import PersistentGRU, PersistentRNN
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    ref = (nn.GRU if cell == "gru" else nn.RNN)(hidden, hidden).cuda().double()
+    ours = (PersistentGRU if cell == "gru" else PersistentRNN)(hidden, hidden, mm="dot").cuda().bfloat16()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(64, 4, hidden, device="cuda", dtype=torch.float64)
+    h0 = torch.randn(1, 4, hidden, device="cuda", dtype=torch.float64)
+    out_ref, _ = ref(x, h0)
+    out, _ = ours(x.bfloat16(), h0.bfloat16())
+    plan = ours.last_plan
+    if plan.mm == "fma":
+        assert "shared memory per block" in plan.reason, plan.reason
+    assert relerr(out, out_ref) < BOUND[torch.bfloat16], (seed, plan)

@@ -3,6 +3,8 @@ themselves run in tests/compile)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ddtrain.kernels import rnn_plan
@@ -78,3 +80,53 @@ def test_the_planner_refuses_a_persistent_shape_whose_compiled_kernel_spills(mon
     # Another architecture's figures say nothing of this one.
     monkeypatch.setattr(rnn_plan, "_measured", lambda: {(80, *key[1:]): 1480})
     assert plan_recurrence(**args).path == "persistent"
+
+
+def test_a_tensor_core_kernel_over_the_gpus_shared_memory_hands_over_to_the_cuda_core_kernel(monkeypatch):
+    h100 = Device(132, capability=90, shared_per_block=227 * 1024)
+    args = dict(hidden=1024, batch=4, gates=1, element_size=2, mm="dot")
+    monkeypatch.setattr(rnn_plan, "measured_shared", lambda *a: 256 * 1024)
+    plan = plan_recurrence(**args, device=h100)
+    assert plan.mm == "fma" and plan.path in ("persistent", "stepwise")
+    assert plan.reason.startswith("the tensor-core (dot) kernel compiled for sm_90 asks for 256 KiB "
+                                  "of shared memory per block, over this GPU's 227 KiB: CUDA-core (fma) "
+                                  "kernel; ")
+    fma = plan_recurrence(**{**args, "mm": "fma"}, device=h100)
+    assert replace(plan, reason="") == replace(fma, reason="")
+    # Within the limit, not measured, or a GPU whose limit is unknown: the kernel asked for runs.
+    monkeypatch.setattr(rnn_plan, "measured_shared", lambda *a: 64 * 1024)
+    assert plan_recurrence(**args, device=h100).mm == "dot"
+    monkeypatch.setattr(rnn_plan, "measured_shared", lambda *a: None)
+    assert plan_recurrence(**args, device=h100).mm == "dot"
+    monkeypatch.setattr(rnn_plan, "measured_shared", lambda *a: 256 * 1024)
+    assert plan_recurrence(**args, device=Device(132, capability=90)).mm == "dot"
+    assert plan_recurrence(**args, device=h100, measured=False).mm == "dot"
+
+
+def test_the_shipped_table_sends_the_large_gru_to_the_cuda_core_kernel_on_hopper():
+    # The step-wise tensor-core GRU at hidden 2048 keeps 2 x 3 x 16 x 2048 x 2 bytes of operands in
+    # shared memory, more than an H100 or H200 block may have.
+    h200 = Device(132, capability=90, shared_per_block=227 * 1024)
+    plan = plan_recurrence(hidden=2048, batch=4, gates=3, element_size=2, device=h200, mm="dot")
+    assert plan.mm == "fma" and "shared memory per block" in plan.reason
+    assert plan_recurrence(hidden=1024, batch=4, gates=1, element_size=2, device=h200, mm="dot").mm == "dot"
+
+
+def test_a_persistent_cuda_core_kernel_is_preferred_to_a_step_wise_tensor_core_one(monkeypatch):
+    h100 = Device(132, capability=90, shared_per_block=227 * 1024)
+    args = dict(hidden=1024, batch=4, gates=3, element_size=2, device=h100)
+    dot = plan_recurrence(**args, mm="dot", measured=False)
+    fma = plan_recurrence(**args, mm="fma", measured=False)
+    assert dot.path == fma.path == "persistent"
+    # Only the tensor-core kernel spills at this shape.
+    monkeypatch.setattr(rnn_plan, "_measured", lambda: {(90, 3, 2, "dot", 1024, dot.block_h, dot.num_warps): 72})
+    monkeypatch.setattr(rnn_plan, "measured_shared", lambda *a: None)
+    plan = plan_recurrence(**args, mm="dot")
+    assert (plan.path, plan.mm) == ("persistent", "fma")
+    assert plan.reason.startswith("persistent CUDA-core (fma) kernel, not the step-wise tensor-core one (the "
+                                  "persistent kernel compiled for sm_90 keeps 72 bytes per thread")
+    # Asked for step-wise, or both spill: the step-wise tensor-core kernel stays.
+    assert plan_recurrence(**args, mm="dot", want="stepwise").mm == "dot"
+    monkeypatch.setattr(rnn_plan, "_measured", lambda: {(90, 3, 2, mm, 1024, p.block_h, p.num_warps): 72
+                                                         for mm, p in (("dot", dot), ("fma", fma))})
+    assert (lambda p: (p.path, p.mm))(plan_recurrence(**args, mm="dot")) == ("stepwise", "dot")
