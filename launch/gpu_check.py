@@ -5,7 +5,8 @@ Steps run in order; a failing step is reported and the next one runs. Each step 
 limit, and a step that no longer fits in the whole run's budget (--budget-s, 8 minutes by
 default, for one H100/H200) is reported as skipped. Writes gpu_check.md (a table of every step
 and its figures, then each step's output) and gpu_check.json into $OUT if set, else
-./gpu_check/.
+./gpu_check/, and gpu_check.tar.gz: every log and result file of the run under 8 MB (no
+weights or checkpoints), so that one file carries the whole run off a machine.
 
     bash launch/gpu_check.sh              # on a machine with a CUDA GPU
     bash launch/gpu_check.sh --dry-run    # list the steps and their commands, run nothing
@@ -85,10 +86,16 @@ def steps(out: Path) -> list[Step]:
             "nvidia-smi; torch, CUDA, NCCL and Triton versions",
         ),
         Step(
+            "ceilings",
+            [PY, str(Path(__file__).resolve()), "--ceilings"],
+            40,
+            "the two roofs measured: a large bf16 and tf32 matmul, and a device-to-device copy",
+        ),
+        Step(
             "pytest gpu",
             [PY, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "tests/unit/test_replica.py"],
-            100,
-            "every GPU-marked test",
+            150,
+            "every GPU-marked test (Triton compiles each kernel variant on first use)",
         ),
     ]
     for mm in ("fma", "dot"):
@@ -133,8 +140,8 @@ def steps(out: Path) -> list[Step]:
         Step(
             "gpt bf16 one GPU",
             [*TRAIN, *GPT_BIG, "trainer.compile=true", "trainer.steps=40", "trainer.log_every=10",
-             f"hydra.run.dir={runs / 'gpt'}"],
-            50,
+             "trainer.checkpoint=false", "trainer.save_model=false", f"hydra.run.dir={runs / 'gpt'}"],
+            90,
             "a compute-bound transformer step, compiled: achieved TFLOP/s against the dense datasheet peak",
         )
     )
@@ -217,6 +224,10 @@ def figures(step: Step, out: Path) -> dict:
     """What a finished step measured, read from the files it wrote."""
     runs = out / "runs"
     try:
+        if step.name == "ceilings":
+            return {line.split(":")[0]: line.split(":", 1)[1].split("(")[0].strip()
+                    for log in (out / "logs").glob("*-ceilings.log")
+                    for line in log.read_text().splitlines() if ":" in line}
         if step.name == "gpt bf16 one GPU":
             records = [json.loads(x) for x in (runs / "gpt" / "metrics.jsonl").read_text().splitlines()]
             last = records[-1]
@@ -327,6 +338,43 @@ def report(selected: list[Step], out: Path, argv: list[str]) -> None:
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
 
+def ceilings() -> None:
+    """The matmul and copy rates this GPU reaches, the roofs METHOD-style checks compare with."""
+    import torch
+
+    from ddtrain.perf.peak import probe_peak
+
+    device = torch.device("cuda", 0)
+    for dtype in ("bf16", "tf32"):
+        probe = probe_peak(device, dtype, seconds=1.0)
+        print(f"matmul {dtype}: {probe.flops / 1e12:.1f} TFLOP/s ({probe.label})")
+    n = 1 << 30  # 4 GiB of fp32 each way: far past the 50-60 MB of L2
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(12):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    best = sorted(times[2:])[len(times[2:]) // 2]
+    print(f"copy: {2 * 4 * n / best / 1e9:.0f} GB/s (bytes read + written, median of 10 after 2 warm-ups)")
+
+
+def bundle(out: Path, limit: int = 8 << 20) -> Path:
+    """Every file of the run under ``limit`` bytes in one gzip'd tar beside the report."""
+    import tarfile
+
+    target = out / "gpu_check.tar.gz"
+    with tarfile.open(target, "w:gz") as tar:
+        for f in sorted(out.rglob("*")):
+            if f.is_file() and f != target and f.stat().st_size < limit:
+                tar.add(f, arcname=str(f.relative_to(out)))
+    return target
+
+
 def environment() -> None:
     import torch
     import triton
@@ -343,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--environment"]:
         environment()
+        return 0
+    if argv == ["--ceilings"]:
+        ceilings()
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="list the steps and their commands; run nothing")
@@ -374,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     this_gpu_cluster(out)
     report(run(selected, out, args.budget_s), out, argv)
-    print(f"wrote {out / 'gpu_check.md'} and {out / 'gpu_check.json'}")
+    print(f"wrote {out / 'gpu_check.md'}, {out / 'gpu_check.json'} and {bundle(out)}")
     return 0
 
 
