@@ -207,8 +207,12 @@ def calibrate_allreduce(scale: ScaleConfig, launcher: Launcher, n: int, study_di
     return json.loads(out.read_text())
 
 
+# Timed steps per profile in the node-sharing probe, at the least.
+PROBE_STEPS = 10
+
+
 def measure_node_slowdown(cfg: TrainConfig, launcher: Launcher, k: int, batch: int, threads: int,
-                          study_dir: Path, repeats: int) -> tuple[float, float]:
+                          study_dir: Path, repeats: int, steps: int = PROBE_STEPS) -> tuple[float, float]:
     """(compute, optimizer step): each phase's time in one worker when k workers share this
     node, over its time alone.
 
@@ -217,6 +221,8 @@ def measure_node_slowdown(cfg: TrainConfig, launcher: Launcher, k: int, batch: i
     step, as a synchronous job's ranks do, so the ratios isolate what the workers do to each
     other (shared cores, memory bandwidth, caches) from any network effect. The optimizer step
     streams the whole training state and contends for memory bandwidth more than compute does.
+    Each profile times ``steps`` steps (the study's scale.steps, at least PROBE_STEPS): the two
+    ratios scale every predicted point at N, so they need as many samples as a measured point.
     """
     probe = study_dir / "node_probe"
     probe.mkdir(parents=True, exist_ok=True)
@@ -227,7 +233,8 @@ def measure_node_slowdown(cfg: TrainConfig, launcher: Launcher, k: int, batch: i
     for r in range(repeats):  # interleaved, like the training runs, against drift
         for workers in (1, k) if r % 2 == 0 else (k, 1):
             out = probe / f"k{workers}-r{r}"
-            program = [sys.executable, "-m", "ddtrain.scaling.profile", str(config), str(batch), str(out)]
+            program = [sys.executable, "-m", "ddtrain.scaling.profile", str(config), str(batch), str(out),
+                       str(max(PROBE_STEPS, steps))]
             what = f"the node-sharing probe with {workers} worker(s)"
             launcher.run(workers, program, probe / f"k{workers}-r{r}.log", what)
             for f in sorted(out.glob("*.json")):

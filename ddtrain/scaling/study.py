@@ -231,7 +231,7 @@ def model_cluster(study: Study, fit: dict | None) -> Cluster:
     # measures what the workers of a node do to each other wherever they run.
     log.info("measuring node sharing: %d concurrent one-worker profiles vs one ...", n_max)
     slowdown, optimizer = measure_node_slowdown(study.cfg, study.launcher, n_max, study.cfg.data.batch_size,
-                                                machine.threads, study.study_dir, scale.repeats)
+                                                machine.threads, study.study_dir, scale.repeats, scale.steps)
     log.info("  compute is %.3fx slower and the optimizer step %.3fx with %d workers on this node",
              slowdown, optimizer, n_max)
     return replace(local, node_slowdown=slowdown, optimizer_slowdown=optimizer)
