@@ -29,8 +29,11 @@ def shard(dataset: Any, batch_size: int, *, seed: int = 0, shuffle: bool = True,
     batches that came next, at any world size with the same global batch.
 
     ``workers=0`` reads in this process; ``workers > 0`` reads in that many DataLoader processes,
-    each ``prefetch`` batches ahead, with the same result. Batches are pinned for a fast copy when
-    the job runs on GPUs. The job is the one of ``ddtrain.init()``, which this calls if needed.
+    each ``prefetch`` batches ahead, with the same result; with several ranks they start from a
+    fork server (``ddtrain.data.loader.worker_context`` says why), so ``dataset`` and
+    ``collate_fn`` must pickle and the script's work must sit under ``if __name__ ==
+    "__main__":``. Batches are pinned for a fast copy when the job runs on GPUs. The job is the
+    one of ``ddtrain.init()``, which this calls if needed.
     """
     ctx = current() or init()
     return ShardLoader(dataset, batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=seed,

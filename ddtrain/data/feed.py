@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ddtrain.config import DataConfig
-from ddtrain.data.loader import ShardLoader, reads_whole_batches
+from ddtrain.data.loader import ShardLoader, reads_whole_batches, worker_context
 
 # Loader processes per rank when data.workers is unset and samples are read from files: enough
 # to keep decoding ahead of a step without starving the rank's own compute threads of cores.
@@ -46,7 +46,8 @@ def val_batches(dataset: Any, batch_size: int, *, rank: int, world_size: int, wo
             yield dataset.batch(torch.tensor(mine[start:start + batch_size]))
         return
     loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, num_workers=workers,
-                        prefetch_factor=prefetch if workers else None)
+                        prefetch_factor=prefetch if workers else None,
+                        multiprocessing_context=worker_context() if workers else None)
     yield from loader
 
 

@@ -16,10 +16,12 @@ time and collated.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, default_collate
 
 from ddtrain.data.sharding import sample_indices
@@ -52,6 +54,29 @@ def sample_seed(seed: int, position: int) -> int:
     the same augmentation.
     """
     return _splitmix64(_splitmix64(seed & _MASK64) ^ (position & _MASK64))
+
+
+def worker_context() -> Any:
+    """How DataLoader workers start: None (DataLoader's default, a fork of this process) on one
+    process; a fork server's context once a process group exists.
+
+    A group's communication threads enter the interpreter on their own: a Gloo worker that frees
+    a finished collective's tensor whose Python object is gone needs the GIL, and a thread with no
+    Python thread state first registers one under the interpreter's runtime lock. A fork at that
+    moment hands the child a held lock that no thread of it will release, and CPython 3.8 to 3.11
+    take it in the child before resetting it (python/cpython#112275): the worker hangs before it
+    runs a line, and its rank waits for the batch for ever. The fork server is a fresh
+    single-threaded interpreter, so its forks are safe; the price is that the data set and
+    collate_fn must pickle, and a script must keep its work under ``if __name__ == "__main__":``
+    (the fork server imports it, as spawn's children do).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    context = multiprocessing.get_context("forkserver")
+    # The server imports these once; each worker forked from it then starts without importing
+    # torch again (seconds per worker, on every validation pass).
+    context.set_forkserver_preload(["__main__", "torch"])
+    return context
 
 
 def reads_whole_batches(dataset: Any) -> bool:
@@ -132,7 +157,8 @@ class ShardLoader:
     is dropped or repeated within an epoch. ``shuffle=False`` reads every epoch as range(n).
 
     ``workers=0`` reads in the calling process; ``workers > 0`` reads through a DataLoader with
-    that many processes, each loading ``prefetch`` batches ahead. Both give the same batches.
+    that many processes (started as ``worker_context`` says), each loading ``prefetch`` batches
+    ahead. Both give the same batches.
     """
 
     def __init__(self, dataset: Any, batch_size: int, *, rank: int = 0, world_size: int = 1,
@@ -218,6 +244,7 @@ class ShardLoader:
         loader = DataLoader(
             self._fetch, batch_sampler=_StepRequests(self, first, last), collate_fn=_as_is,
             num_workers=self.workers, prefetch_factor=self.prefetch, pin_memory=self.pin_memory,
+            multiprocessing_context=worker_context(),
             # DataLoader draws its workers' base seed from this generator, not from the caller's.
             generator=torch.Generator().manual_seed(self.seed),
         )
