@@ -57,6 +57,7 @@ UNCHECKED = {
     "export": "sets variables; the commands that read them are checked on their own lines",
     "grep": "reads the source tree (CONTRIBUTING.md's import check)",
     "tensorboard": "a viewer that takes no ddtrain options",
+    "pip": "installs packages; its options are pip's own",
 }
 # Files the docs name as the reader's own: the checks run in a directory holding a copy of the
 # template, since ddtrain-launch refuses a hostfile that does not exist.
