@@ -63,6 +63,10 @@ class ScaleConfig:
     threads_per_rank: int = 0  # CPU: 0 = cores // max(world_sizes), the same at every size
     peak: str = "auto"  # auto | measure | a peak-table device key (see ddtrain/perf/peak.py)
     allreduce_max_mb: float = 64.0  # largest message of the all-reduce calibration
+    # Seconds of timing per message size in that calibration. Its times and compute shares set
+    # every predicted point's communication, so on a shared or noisy machine give it more: at the
+    # default a 32 MiB size is the median of 6-10 all-reduces, which one slow spell can move.
+    allreduce_budget_s: float = 0.2
     timeout_s: float = 900.0  # per launched job
     # A cluster description of one's own (YAML, the keys of a configs/cluster/ preset); it
     # replaces the cluster section. Relative to the directory ddtrain-scale starts in.
@@ -130,6 +134,7 @@ def parse_scale(raw: Mapping[str, Any]) -> ScaleConfig:
     check_positive("scale.global_batch", scale.global_batch, zero_ok=True)
     check_positive("scale.threads_per_rank", scale.threads_per_rank, zero_ok=True)
     check_positive("scale.allreduce_max_mb", scale.allreduce_max_mb)
+    check_positive("scale.allreduce_budget_s", scale.allreduce_budget_s)
     check_positive("scale.timeout_s", scale.timeout_s)
     return scale
 

@@ -202,7 +202,7 @@ def calibrate_allreduce(scale: ScaleConfig, launcher: Launcher, n: int, study_di
     out = study_dir / f"{name}.json"
     max_bytes = int(scale.allreduce_max_mb * 1024 * 1024)
     program = [sys.executable, "-m", "ddtrain.perf.allreduce", f"--max-bytes={max_bytes}", f"--out={out}",
-               f"--device={device}", "--budget-s=0.2"]
+               f"--device={device}", f"--budget-s={scale.allreduce_budget_s}"]
     launcher.run(n, program, study_dir / f"{name}.log", f"the all-reduce calibration at {n} workers")
     return json.loads(out.read_text())
 

@@ -1,4 +1,5 @@
-"""The node-sharing probe: how many steps each of its profiles times, and the two ratios it returns."""
+"""What the study's launched measurements are asked for: the node-sharing probe's steps per
+profile and its two ratios, and the all-reduce calibration's timing budget."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ddtrain.config import TrainConfig
-from ddtrain.scaling.measure import PROBE_STEPS, measure_node_slowdown
+from ddtrain.config import ConfigError, TrainConfig
+from ddtrain.scaling.config import parse_scale
+from ddtrain.scaling.measure import PROBE_STEPS, calibrate_allreduce, measure_node_slowdown
 
 
 class FakeLauncher:
@@ -37,3 +39,18 @@ def test_each_probe_profile_times_the_studys_steps_and_the_ratios_are_k_over_one
     assert len(launcher.programs) == 4  # 1 and 2 workers, twice, interleaved
     assert {p[-1] for p in launcher.programs} == {str(timed)}
     assert all(p[1:3] == ["-m", "ddtrain.scaling.profile"] for p in launcher.programs)
+
+
+def test_the_calibration_times_each_size_for_the_studys_budget(tmp_path):
+    seen = []
+
+    class Calibration:
+        def run(self, n, program, log_path, what):
+            seen.append(program)
+            out = next(a.split("=", 1)[1] for a in program if a.startswith("--out="))
+            Path(out).write_text("{}")
+
+    calibrate_allreduce(parse_scale({"allreduce_budget_s": 1.5}), Calibration(), 2, tmp_path, "cpu")
+    assert "--budget-s=1.5" in seen[0]
+    with pytest.raises(ConfigError, match="scale.allreduce_budget_s"):
+        parse_scale({"allreduce_budget_s": 0})
