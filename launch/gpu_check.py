@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{i:2d}. {s.name} (up to {s.limit_s} s): {s.what}\n    {shlex.join(s.command)}")
         print(
             f"total limit {sum(s.limit_s for s in selected)} s; budget {args.budget_s:.0f} s; "
-            f"writes {out / 'gpu_check.md'} and {out / 'gpu_check.json'}"
+            f"writes {out / 'gpu_check.md'}, {out / 'gpu_check.json'} and {out / 'gpu_check.tar.gz'}"
         )
         return 0
     import torch

@@ -17,13 +17,16 @@ def test_the_dry_run_lists_every_step_with_its_command_and_limit(tmp_path):
     assert proc.returncode == 0, proc.stderr
     names = [line.split(". ", 1)[1].split(" (up to")[0] for line in proc.stdout.splitlines()
              if line[:3].strip().rstrip(".").isdigit()]
-    assert names == ["environment", "pytest gpu", "bench_rnn fma", "bench_rnn dot", "bench_packing",
-                     "gpt bf16 one GPU", "prnn persistent one GPU", "scale prnn to 128", "scale gpt to 128",
-                     "roofline gpt", "roofline resnet50", "roofline prnn"]
+    assert names == ["environment", "ceilings", "pytest gpu", "bench_rnn fma", "bench_rnn dot",
+                     "bench_packing", "gpt bf16 one GPU", "prnn persistent one GPU", "scale prnn to 128",
+                     "scale gpt to 128", "roofline gpt", "roofline resnet50", "roofline prnn"]
     grid = "launch/bench_rnn.py --cells rnn,gru --dtypes fp16,bf16 --hidden 1024,2048 --batches 4"
     assert grid in proc.stdout
     assert "scale.device_model=roofline" in proc.stdout and "cluster=dgx_h100" in proc.stdout
-    assert f"writes {tmp_path}/gpu_check.md and {tmp_path}/gpu_check.json" in proc.stdout
+    assert (f"writes {tmp_path}/gpu_check.md, {tmp_path}/gpu_check.json and {tmp_path}/gpu_check.tar.gz"
+            in proc.stdout)
+    # The GPT step leaves no weights or checkpoints behind (gigabytes at this size).
+    assert "trainer.checkpoint=false trainer.save_model=false" in proc.stdout
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
@@ -36,3 +39,31 @@ def test_without_a_gpu_it_stops_with_one_line_and_exit_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu_check: error: no CUDA GPU is visible"), proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_only_picks_steps_by_their_first_words(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--only", "ceilings", "roofline"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split(". ", 1)[1].split(" (up to")[0] for line in proc.stdout.splitlines()
+             if line[:3].strip().rstrip(".").isdigit()]
+    assert names == ["ceilings", "roofline gpt", "roofline resnet50", "roofline prnn"]
+
+
+def test_the_bundle_holds_every_small_file_and_leaves_out_large_ones(tmp_path):
+    import importlib.util
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "launch" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = gpu_check  # its dataclasses look their module up there
+    spec.loader.exec_module(gpu_check)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "01-environment.log").write_text("nvidia-smi")
+    (tmp_path / "runs" / "gpt").mkdir(parents=True)
+    (tmp_path / "runs" / "gpt" / "metrics.jsonl").write_text("{}")
+    (tmp_path / "runs" / "gpt" / "model.pt").write_bytes(b"0" * 4096)
+    bundle = gpu_check.bundle(tmp_path, limit=1024)
+    with tarfile.open(bundle) as tar:
+        assert sorted(tar.getnames()) == ["logs/01-environment.log", "runs/gpt/metrics.jsonl"]

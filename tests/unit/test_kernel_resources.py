@@ -119,7 +119,8 @@ def test_a_persistent_cuda_core_kernel_is_preferred_to_a_step_wise_tensor_core_o
     fma = plan_recurrence(**args, mm="fma", measured=False)
     assert dot.path == fma.path == "persistent"
     # Only the tensor-core kernel spills at this shape.
-    monkeypatch.setattr(rnn_plan, "_measured", lambda: {(90, 3, 2, "dot", 1024, dot.block_h, dot.num_warps): 72})
+    spills = {(90, 3, 2, "dot", 1024, dot.block_h, dot.num_warps): 72}
+    monkeypatch.setattr(rnn_plan, "_measured", lambda: spills)
     monkeypatch.setattr(rnn_plan, "measured_shared", lambda *a: None)
     plan = plan_recurrence(**args, mm="dot")
     assert (plan.path, plan.mm) == ("persistent", "fma")
