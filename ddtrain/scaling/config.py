@@ -65,7 +65,7 @@ class ScaleConfig:
     allreduce_max_mb: float = 64.0  # largest message of the all-reduce calibration
     # Seconds of timing per message size in that calibration. Its times and compute shares set
     # every predicted point's communication, so on a shared or noisy machine give it more: at the
-    # default a 32 MiB size is the median of 6-10 all-reduces, which one slow spell can move.
+    # default a size of tens of MiB is the median of a few all-reduces, which one slow spell moves.
     allreduce_budget_s: float = 0.2
     timeout_s: float = 900.0  # per launched job
     # A cluster description of one's own (YAML, the keys of a configs/cluster/ preset); it
