@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "launch" / "gpu_check.sh"
@@ -51,14 +54,34 @@ def test_only_picks_steps_by_their_first_words(tmp_path):
     assert names == ["ceilings", "roofline gpt", "roofline resnet50", "roofline prnn"]
 
 
-def test_the_bundle_holds_every_small_file_and_leaves_out_large_ones(tmp_path):
+def _gpu_check():
     import importlib.util
-    import tarfile
 
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "launch" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     sys.modules["gpu_check"] = gpu_check  # its dataclasses look their module up there
     spec.loader.exec_module(gpu_check)
+    return gpu_check
+
+
+def test_a_studys_one_gpu_error_says_when_the_devices_differ(tmp_path):
+    gpu_check = _gpu_check()
+    rows = [{"kind": kind, "world_size": 1, "step_time_s": t, "scaling_efficiency": 1.0,
+             "fraction_of_peak": 0.1} for kind, t in (("measured", 0.05), ("predicted", 0.06))]
+    for run in ("scale-gpt", "roofline-gpt"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "scaling.json").write_text(json.dumps({"rows": rows}))
+    cross = gpu_check.figures(gpu_check.Step("scale gpt to 128", [], 1, ""), tmp_path)
+    same = gpu_check.figures(gpu_check.Step("roofline gpt", [], 1, ""), tmp_path)
+    assert cross["predicted (cluster's GPU) / measured (this GPU) step - 1"] == pytest.approx(0.2)
+    assert same["predicted/measured step - 1"] == pytest.approx(0.2)
+    assert "predicted/measured step - 1" not in cross
+
+
+def test_the_bundle_holds_every_small_file_and_leaves_out_large_ones(tmp_path):
+    import tarfile
+
+    gpu_check = _gpu_check()
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "01-environment.log").write_text("nvidia-smi")
     (tmp_path / "runs" / "gpt").mkdir(parents=True)
