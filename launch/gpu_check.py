@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -342,7 +343,7 @@ def report(selected: list[Step], out: Path, argv: list[str]) -> None:
 
 
 def ceilings() -> None:
-    """The matmul and copy rates this GPU reaches, the roofs METHOD-style checks compare with."""
+    """The matmul and copy rates this GPU reaches: the roofs a step's achieved rates are judged against."""
     import torch
 
     from ddtrain.perf.peak import probe_peak
@@ -362,8 +363,8 @@ def ceilings() -> None:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    best = sorted(times[2:])[len(times[2:]) // 2]
-    print(f"copy: {2 * 4 * n / best / 1e9:.0f} GB/s (bytes read + written, median of 10 after 2 warm-ups)")
+    median = statistics.median(times[2:])
+    print(f"copy: {2 * 4 * n / median / 1e9:.0f} GB/s (bytes read + written, median of 10 after 2 warm-ups)")
 
 
 def bundle(out: Path, limit: int = 8 << 20) -> Path:

@@ -83,20 +83,24 @@ def _measured_shared() -> dict[tuple, int]:
     return out
 
 
+def _shape(device: Device, gates: int, element_size: int, mm: str, hidden: int, block_h: int,
+           num_warps: int) -> tuple:
+    """The table's key (``_key``) of a shape planned for ``device``."""
+    return (device.capability, gates, element_size, mm, max(16, _pow2_ceil(hidden)), block_h, num_warps)
+
+
 def measured_spill(device: Device, gates: int, element_size: int, mm: str, hidden: int, block_h: int,
                    num_warps: int) -> int | None:
     """Bytes per thread the compiled persistent kernel spills at this shape on ``device``'s
     architecture (0: none), or None when that shape was not compiled for it."""
-    h_pad = max(16, _pow2_ceil(hidden))
-    return _measured().get((device.capability, gates, element_size, mm, h_pad, block_h, num_warps))
+    return _measured().get(_shape(device, gates, element_size, mm, hidden, block_h, num_warps))
 
 
 def measured_shared(device: Device, gates: int, element_size: int, plan: Plan, hidden: int) -> int | None:
     """Bytes of shared memory per block the compiled kernel of ``plan`` asks for on ``device``'s
     architecture, or None when that shape was not compiled for it."""
-    h_pad = max(16, _pow2_ceil(hidden))
-    return _measured_shared().get((plan.path, device.capability, gates, element_size, plan.mm, h_pad,
-                                   plan.block_h, plan.num_warps))
+    shape = _shape(device, gates, element_size, plan.mm, hidden, plan.block_h, plan.num_warps)
+    return _measured_shared().get((plan.path, *shape))
 
 
 @dataclass(frozen=True)

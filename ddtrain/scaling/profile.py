@@ -152,10 +152,10 @@ def ready_fractions(seen: dict[int, float], members, backward_start: float,
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m ddtrain.scaling.profile CONFIG.json BATCH OUT_DIR [STEPS]``: profile one worker
-    over STEPS timed steps (default 10) and write ``OUT_DIR/<rank>.json``. Started k times at once
-    (``mpirun -np k``), with no process group, it measures how much k workers sharing this node
-    slow each other's compute."""
+    """``python -m ddtrain.scaling.profile CONFIG.json BATCH OUT_DIR STEPS``: profile one worker
+    over STEPS timed steps and write ``OUT_DIR/<rank>.json``. Started k times at once (``mpirun
+    -np k``, by ``measure.measure_node_slowdown``), with no process group, it measures how much k
+    workers sharing this node slow each other's compute."""
     import json
     import os
     import sys
@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     from ddtrain.config import from_mapping
     from ddtrain.dist.env import detect_launch_env
 
-    args = (argv or sys.argv[1:])
-    config_path, batch, out_dir = args[:3]
-    steps = int(args[3]) if len(args) > 3 else 10
+    config_path, batch, out_dir, steps = (argv or sys.argv[1:])[:4]
     cfg = from_mapping(json.loads(Path(config_path).read_text()))
     env = detect_launch_env(os.environ)
     if cfg.trainer.threads:
@@ -180,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         from mpi4py import MPI
 
         meet = MPI.COMM_WORLD.Barrier
-    p = profile_worker(cfg, int(batch), torch.device("cpu"), steps=steps, warmup=3, meet=meet)
+    p = profile_worker(cfg, int(batch), torch.device("cpu"), steps=int(steps), warmup=3, meet=meet)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / f"{env.rank}.json").write_text(json.dumps(asdict(p)))
 
