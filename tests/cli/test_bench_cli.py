@@ -29,3 +29,14 @@ def test_bad_arguments_and_a_missing_gpu_are_one_line_errors(tmp_path, script, a
     assert message in proc.stderr
     if "GPU" in message:
         assert proc.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "missing.json"], "--config missing.json: no such file"),
+    (["--config", "c.json", "--repeats", "1"], "--repeats must be >= 2"),
+])
+def test_the_loss_beside_benchmark_refuses_bad_input_before_launching(tmp_path, args, message):
+    (tmp_path / "c.json").write_text("{}")
+    proc = run_launch_script("bench_loss_beside.py", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
