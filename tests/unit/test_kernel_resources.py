@@ -131,3 +131,13 @@ def test_a_persistent_cuda_core_kernel_is_preferred_to_a_step_wise_tensor_core_o
     monkeypatch.setattr(rnn_plan, "_measured", lambda: {(90, 3, 2, mm, 1024, p.block_h, p.num_warps): 72
                                                          for mm, p in (("dot", dot), ("fma", fma))})
     assert (lambda p: (p.path, p.mm))(plan_recurrence(**args, mm="dot")) == ("stepwise", "dot")
+
+
+def test_the_gpu_tests_expectations_for_mm_dot_on_hopper_follow_the_shipped_table():
+    from tests.gpu.test_persistent_rnn_gpu import DOT_ON_HOPPER
+
+    h200 = Device(132, capability=90, shared_per_block=227 * 1024)  # props.shared_memory_per_block_optin
+    for (cell, hidden), (path, mm, why) in DOT_ON_HOPPER.items():
+        plan = plan_recurrence(hidden=hidden, batch=4, gates=3 if cell == "gru" else 1, element_size=2,
+                               device=h200, mm="dot")
+        assert (plan.path, plan.mm) == (path, mm) and why in plan.reason, plan
