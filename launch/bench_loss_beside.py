@@ -1,16 +1,18 @@
-"""What a backward and an all-reduce do to each other on CPU ranks with no spare core. Measured.
+"""What compute and a collective do to each other on CPU ranks with no spare core. Measured.
 
-The performance model charges an all-reduce that overlaps backward at its time alone, and takes
-from backward the share of compute its calibration's matmul stream lost beside it. This checks
-both on the job's own backward: each rank times its backward alone, and with a thread running
-``--count`` all-reduces of ``--mib`` MiB beside it, the two interleaved ``--repeats`` times
-(the first of each left out), then the all-reduces alone as often. Per rank it reports the
-medians of the backward alone and beside and of the all-reduces beside the backward and alone,
-and the share of the backward's compute lost while they were in flight: (beside - alone) / the
-time they overlapped.
+The performance model runs a collective that overlaps compute on a core with no spare one at
+its calibrated time beside a matmul stream, and takes from the compute the share the stream lost
+meanwhile. This checks both on the job's own compute: each rank times its backward (or, with
+``--phase forward``, its forward) alone, and with a thread running ``--count`` all-reduces (or,
+with ``--op gather``, sharded gathers) of ``--mib`` MiB beside it, the two interleaved
+``--repeats`` times (the first of each left out), then the collectives alone as often. Per rank
+it reports the medians of the compute alone and beside and of the collectives beside it and
+alone, and the share of the compute lost while they were in flight: (beside - alone) / the time
+they overlapped.
 
     python launch/bench_loss_beside.py --config STUDY/node_probe/config.json
     python launch/bench_loss_beside.py --config C --mib 16 --count 3 --repeats 12 --ranks 2
+    python launch/bench_loss_beside.py --config C --phase forward --op gather --mib 26 --count 1
 
 ``--config`` is a training configuration as a study saves it for its node-sharing probe. The
 script starts itself under ``mpirun -np RANKS`` (one thread per rank) and prints one JSON line
@@ -40,6 +42,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=3, help="all-reduces beside each backward")
     p.add_argument("--repeats", type=int, default=12, help="backwards timed alone and beside, each")
     p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--phase", choices=("backward", "forward"), default="backward",
+                   help="the compute timed: backward, or forward (where a sharded step's gathers run)")
+    p.add_argument("--op", choices=("allreduce", "gather"), default="allreduce",
+                   help="the collective beside it: an all-reduce, or a sharded gather as ddtrain runs it "
+                        "on Gloo (each rank broadcasts its 1/N of the buffer)")
     p.add_argument("--port", type=int, default=29533, help="the process group's rendezvous port")
     args = p.parse_args(argv)
     if args.repeats < 2 or args.count < 1 or args.mib <= 0:
@@ -69,40 +76,54 @@ def measure(args: argparse.Namespace, rank: int, world: int) -> dict:
     loss_fn = build_loss(cfg.loss)
     buf = torch.zeros(int(args.mib * 2**20) // 4)
 
-    def all_reduces(out: list[float]) -> None:
+    share = buf.numel() // world
+
+    def collectives(out: list[float]) -> None:
         t0 = time.perf_counter()
         for _ in range(args.count):
-            dist.all_reduce(buf)
+            if args.op == "allreduce":
+                dist.all_reduce(buf)
+                continue
+            works = [dist.broadcast(buf[r * share:(r + 1) * share], src=r, async_op=True)
+                     for r in range(world)]
+            for work in works:
+                work.wait()
         out.append(time.perf_counter() - t0)
+
+    def compute(loss):
+        if args.phase == "backward":
+            loss.backward()
+        else:
+            loss_fn(model(x), y)
 
     alone, beside, comm = [], [], []
     for r in range(args.repeats):
         for mode in ("alone", "beside") if r % 2 == 0 else ("beside", "alone"):
             dist.barrier()  # both ranks run the same mode at once, as a job's ranks do
             model.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(x), y) if args.phase == "backward" else None
             if mode == "alone":
                 t0 = time.perf_counter()
-                loss.backward()
+                compute(loss)
                 alone.append(time.perf_counter() - t0)
                 continue
             done: list[float] = []
-            thread = threading.Thread(target=all_reduces, args=(done,))
+            thread = threading.Thread(target=collectives, args=(done,))
             t0 = time.perf_counter()
             thread.start()
-            loss.backward()
+            compute(loss)
             beside.append(time.perf_counter() - t0)
             thread.join()
             comm.append(done[0])
     comm_alone: list[float] = []
     for _ in range(args.repeats):
         dist.barrier()
-        all_reduces(comm_alone)
+        collectives(comm_alone)
     dist.destroy_process_group()
     a, b, c, d = (statistics.median(v[1:]) for v in (alone, beside, comm, comm_alone))
-    return {"rank": rank, "mib": args.mib, "count": args.count, "backward_alone_ms": a * 1e3,
-            "backward_beside_ms": b * 1e3, "allreduces_beside_ms": c * 1e3,
-            "allreduces_alone_ms": d * 1e3, "lost_share": (b - a) / min(b, c)}
+    return {"rank": rank, "phase": args.phase, "op": args.op, "mib": args.mib, "count": args.count,
+            "compute_alone_ms": a * 1e3, "compute_beside_ms": b * 1e3, "collectives_beside_ms": c * 1e3,
+            "collectives_alone_ms": d * 1e3, "lost_share": (b - a) / min(b, c)}
 
 
 def main(argv: list[str] | None = None) -> int:

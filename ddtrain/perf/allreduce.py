@@ -50,6 +50,9 @@ class AllReduceRow:
     # busiest rank's (CPU only; None where not measured): over a slow link more than its CPU
     # time, as its threads wake for every message, preempt the compute and evict its caches.
     compute_lost: float | None = None
+    # The wall time of one all-reduce with that compute running beside it on the same core, the
+    # busiest rank's median (CPU only): its threads get a share of the core, so it runs longer.
+    beside_s: float | None = None
 
 
 def busbw(algbw: float, n: int) -> float:
@@ -105,16 +108,17 @@ def _rate(unit: Callable[[], None], seconds: float) -> float:
     return done / wall
 
 
-def _lost_beside(buf: torch.Tensor, unit: Callable[[], None], rate: float) -> float:
-    """The share of ``rate`` lost while one all-reduce of ``buf`` is in flight: units run
-    until the collective completes, and count against the time it took."""
+def _lost_beside(buf: torch.Tensor, unit: Callable[[], None], rate: float) -> tuple[float, float]:
+    """(the share of ``rate`` lost while one all-reduce of ``buf`` is in flight, the seconds it
+    was in flight): units run until the collective completes, and count against its time."""
     done, t0 = 0, time.perf_counter()
     work = dist.all_reduce(buf, async_op=True)
     while not work.is_completed():
         unit()
         done += 1
     work.wait()
-    return max(0.0, 1.0 - done / rate / (time.perf_counter() - t0))
+    wall = time.perf_counter() - t0
+    return max(0.0, 1.0 - done / rate / wall), wall
 
 
 def run_sweep(ctx: DistContext, sizes: Sequence[int], *, dtype: torch.dtype = torch.float32, warmup: int = 2,
@@ -151,17 +155,18 @@ def run_sweep(ctx: DistContext, sizes: Sequence[int], *, dtype: torch.dtype = to
         dist.all_reduce(times, op=dist.ReduceOp.MAX)
         dist.all_reduce(cpu, op=dist.ReduceOp.MAX)
         t = statistics.median(times.tolist())
-        lost = None
+        lost = beside = None
         if unit is not None:
             # The rate alone is taken just before, against drift; every rank runs the same
             # number of collectives (the agreed iters), whatever its own timing.
             rate = _rate(unit, min(0.05, budget_s / 4))
-            shares = torch.tensor([statistics.median(_lost_beside(buf, unit, rate) for _ in range(iters))],
-                                  dtype=torch.float64, device=coll)
-            dist.all_reduce(shares, op=dist.ReduceOp.MAX)
-            lost = shares.item()
+            pairs = [_lost_beside(buf, unit, rate) for _ in range(iters)]
+            medians = torch.tensor([statistics.median(x) for x in zip(*pairs)], dtype=torch.float64,
+                                   device=coll)
+            dist.all_reduce(medians, op=dist.ReduceOp.MAX)
+            lost, beside = medians.tolist()
         row = AllReduceRow(size, t, size / t / 1e9, busbw(size / t / 1e9, ctx.world_size), iters, cpu.item(),
-                           lost)
+                           lost, beside)
         rows.append(row)
         del buf  # free the 256 MiB buffer before the next size allocates its own
         if on_row is not None:
@@ -198,11 +203,12 @@ def human_bytes(n: int) -> str:
 
 
 def format_table(rows: Sequence[AllReduceRow]) -> str:
-    lines = ["| size | time (us) | cpu (us) | compute lost beside it | algbw (GB/s) | busbw (GB/s) |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| size | time (us) | cpu (us) | compute lost beside it | time beside compute (us) "
+             "| algbw (GB/s) | busbw (GB/s) |", "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {human_bytes(r.size_bytes)} | {r.time_s * 1e6:.1f} | "
               f"{'-' if r.cpu_s is None else f'{r.cpu_s * 1e6:.1f}'} | "
-              f"{'-' if r.compute_lost is None else f'{r.compute_lost:.0%}'} | {r.algbw_GBps:.3f} | "
+              f"{'-' if r.compute_lost is None else f'{r.compute_lost:.0%}'} | "
+              f"{'-' if r.beside_s is None else f'{r.beside_s * 1e6:.1f}'} | {r.algbw_GBps:.3f} | "
               f"{r.busbw_GBps:.3f} |" for r in rows]
     return "\n".join(lines)
 

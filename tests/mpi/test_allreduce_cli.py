@@ -39,10 +39,11 @@ def test_two_ranks_sweep_writes_rows_fit_and_table(tmp_path):
     assert doc["fit"]["alpha_s"] >= 0 and {"hostname", "torch", "date"} <= doc.keys()
     # Rank 0 alone prints: one header, one progress line per size, one table.
     assert proc.stdout.count("all_reduce: backend gloo, 2 ranks") == 1
-    header = "| size | time (us) | cpu (us) | compute lost beside it | algbw (GB/s) | busbw (GB/s) |"
+    header = ("| size | time (us) | cpu (us) | compute lost beside it | time beside compute (us) "
+              "| algbw (GB/s) | busbw (GB/s) |")
     assert header in proc.stdout
     # Both shares the model charges to compute where no core is spare, measured at every size.
-    assert all(r["cpu_s"] > 0 and 0.0 <= r["compute_lost"] <= 1.0 for r in doc["rows"])
+    assert all(r["cpu_s"] > 0 and 0.0 <= r["compute_lost"] <= 1.0 and r["beside_s"] > 0 for r in doc["rows"])
     assert "| 1 KiB |" in proc.stdout and "| 256 KiB |" in proc.stdout
     lines = proc.stdout.splitlines()
     assert sum(" iters " in ln for ln in lines) == 9 and proc.stdout.count("| 256 KiB |") == 1

@@ -108,12 +108,13 @@ def test_sizes_read_and_print_in_KiB_multiples():
 def test_table_and_json():
     rows = model_rows(1e-5, 1e9, 2, [1024, 256 << 20])
     table = format_table(rows).splitlines()
-    assert table[0] == ("| size | time (us) | cpu (us) | compute lost beside it | algbw (GB/s) | "
-                        "busbw (GB/s) |")
-    assert table[2].startswith("| 1 KiB | 11.0 | - | - |") and table[3].startswith("| 256 MiB |")
-    timed = format_table([AllReduceRow(1024, 2e-3, 0.5, 0.5, 3, cpu_s=4e-4, compute_lost=0.25)])
+    assert table[0] == ("| size | time (us) | cpu (us) | compute lost beside it | time beside compute (us) "
+                        "| algbw (GB/s) | busbw (GB/s) |")
+    assert table[2].startswith("| 1 KiB | 11.0 | - | - | - |") and table[3].startswith("| 256 MiB |")
+    row = AllReduceRow(1024, 2e-3, 0.5, 0.5, 3, cpu_s=4e-4, compute_lost=0.25, beside_s=3e-3)
+    timed = format_table([row])
     timed = timed.splitlines()[2]
-    assert timed.startswith("| 1 KiB | 2000.0 | 400.0 | 25% |")
+    assert timed.startswith("| 1 KiB | 2000.0 | 400.0 | 25% | 3000.0 |")
     doc = to_json(rows, n=2, backend="gloo", device="cpu", alpha=1e-5, bus_bw=float("inf"))
     assert doc["n"] == 2 and doc["rows"][1]["size_bytes"] == 256 << 20
     assert doc["fit"] == {"model": "t = alpha + 2(n-1)/n * size / B", "alpha_s": 1e-5, "bus_bw_GBps": None}
