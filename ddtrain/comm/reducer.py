@@ -154,6 +154,12 @@ class GradReducer:
         else:
             # Scale and cast in one kernel: the bucket then holds grad / world_size in comm dtype.
             torch.mul(grad.reshape(-1), 1.0 / self.world_size, out=view)
+        # In the bucket now, so the full gradient is dropped at once: the next gradient reuses its
+        # memory while it is still in cache. Kept to the end of backward, every gradient took
+        # fresh memory each step, and on CPU ranks with no spare core that cost backward more
+        # than the all-reduces beside it (BENCHMARKS.md). wait() leaves the averaged bucket
+        # slice in .grad.
+        self.params[idx].grad = None
 
     def _launch_ready(self) -> None:
         while self._next < len(self.plan) and self._pending[self._next] == 0:

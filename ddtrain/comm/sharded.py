@@ -188,7 +188,6 @@ class ShardedReducer(GradReducer):
             self._deferred[bucket].append(idx)  # p.grad is kept until the bucket's buffer is free
             return
         super()._fill(idx, grad)
-        self.params[idx].grad = None  # in the bucket now: the full gradient is not kept
 
     def _holds(self, bucket: int) -> bool:
         """Whether ``bucket`` may write its pool buffer now (taking it over if so). The buffer's
