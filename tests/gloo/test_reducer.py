@@ -101,3 +101,27 @@ def test_a_parameter_without_gradient_on_one_rank_is_reduced_as_zero(comm_dtype)
     np.testing.assert_allclose(grads[0]["used.weight"], np.full((4, 4), 3.0))
     for key in grads[0]:
         np.testing.assert_array_equal(grads[0][key], grads[1][key])
+
+
+def grads_held_before_and_after_wait(ctx, comm_dtype: str) -> dict:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    reducer = GradReducer(model, world_size=ctx.world_size, bucket_mb=1e-4, first_bucket_mb=1e-4,
+                          comm_dtype=comm_dtype)
+    model(torch.ones(2, 8) * (ctx.rank + 1)).sum().backward()
+    during = [p.grad is not None for p in model.parameters()]
+    reducer.wait()
+    storages = {b.untyped_storage().data_ptr() for b in reducer.buffers}
+    return {"during": during, "after": [p.grad is not None for p in model.parameters()],
+            "bucket_views": [p.grad.untyped_storage().data_ptr() in storages for p in model.parameters()]}
+
+
+# A gradient is dropped once it is in its bucket, so the next one reuses its memory (on CPU
+# ranks, a gradient kept to the end of backward took fresh pages every step).
+@pytest.mark.parametrize("comm_dtype", ["fp32", "bf16"])
+def test_each_gradient_is_dropped_once_in_its_bucket_and_the_averaged_one_is_back_after_wait(comm_dtype):
+    rank0 = run_ranks(2, grads_held_before_and_after_wait, comm_dtype)[0]
+    assert rank0["during"] == [False] * 4
+    assert rank0["after"] == [True] * 4
+    # fp32: the gradient is the bucket's slice; bf16: cast back into a tensor of its own.
+    assert rank0["bucket_views"] == [comm_dtype == "fp32"] * 4
