@@ -154,10 +154,10 @@ class GradReducer:
         else:
             # Scale and cast in one kernel: the bucket then holds grad / world_size in comm dtype.
             torch.mul(grad.reshape(-1), 1.0 / self.world_size, out=view)
-        # In the bucket now, so the full gradient is dropped at once: the next gradient reuses its
-        # memory while it is still in cache. Kept to the end of backward, every gradient took
-        # fresh memory each step, and on CPU ranks with no spare core that cost backward more
-        # than the all-reduces beside it (BENCHMARKS.md). wait() leaves the averaged bucket
+        # In the bucket now, so the full gradient is dropped at once and the next one reuses its
+        # memory. A gradient kept to the end of backward holds its pages until zero_grad, so the
+        # next backward faults in fresh ones, which on CPU ranks beside Gloo's threads costs more
+        # than the all-reduces themselves (BENCHMARKS.md). wait() leaves the averaged bucket
         # slice in .grad.
         self.params[idx].grad = None
 
