@@ -223,14 +223,19 @@ def measure_node_slowdown(cfg: TrainConfig, launcher: Launcher, k: int, batch: i
     streams the whole training state and contends for memory bandwidth more than compute does.
     Each profile times ``steps`` steps (the study's scale.steps, at least PROBE_STEPS): the two
     ratios scale every predicted point at N, so they need as many samples as a measured point.
+    Each ratio is the median over repeats of one repeat's k workers against its one worker, run
+    back to back: a slow spell of the machine that lasts a pair cancels in it, where a median of
+    each kind over all repeats lands on whichever spell its few profiles met.
     """
     probe = study_dir / "node_probe"
     probe.mkdir(parents=True, exist_ok=True)
     config = probe / "config.json"
     config.write_text(json.dumps(to_mapping(replace(cfg, trainer=replace(cfg.trainer, threads=threads)))))
-    compute: dict[int, list[float]] = {1: [], k: []}
-    optimizer: dict[int, list[float]] = {1: [], k: []}
+    med = statistics.median
+    compute_ratios, optimizer_ratios = [], []
     for r in range(repeats):  # interleaved, like the training runs, against drift
+        compute: dict[int, list[float]] = {1: [], k: []}
+        optimizer: dict[int, list[float]] = {1: [], k: []}
         for workers in (1, k) if r % 2 == 0 else (k, 1):
             out = probe / f"k{workers}-r{r}"
             program = [sys.executable, "-m", "ddtrain.scaling.profile", str(config), str(batch), str(out),
@@ -241,5 +246,6 @@ def measure_node_slowdown(cfg: TrainConfig, launcher: Launcher, k: int, batch: i
                 prof = json.loads(f.read_text())
                 compute[workers].append(prof["forward_s"] + prof["backward_s"])
                 optimizer[workers].append(prof["optimizer_s"])
-    med = statistics.median
-    return med(compute[k]) / med(compute[1]), med(optimizer[k]) / med(optimizer[1])
+        compute_ratios.append(med(compute[k]) / med(compute[1]))
+        optimizer_ratios.append(med(optimizer[k]) / med(optimizer[1]))
+    return med(compute_ratios), med(optimizer_ratios)

@@ -41,6 +41,26 @@ def test_each_probe_profile_times_the_studys_steps_and_the_ratios_are_k_over_one
     assert all(p[1:3] == ["-m", "ddtrain.scaling.profile"] for p in launcher.programs)
 
 
+def test_a_slow_spell_cancels_within_a_repeats_pair_and_the_median_of_pairs_resists_one_straddling_it(
+        tmp_path):
+    class Spells(FakeLauncher):
+        """The machine slows by 1.2x from the third profile to the fifth (repeat 1 and the first
+        half of repeat 2), which starts with its one worker."""
+
+        def run(self, n, program, log_path, what):
+            base = self.times[n]
+            slow = 1.2 if 2 <= len(self.programs) <= 4 else 1.0
+            self.times[n] = (base[0] * slow, base[1] * slow)
+            super().run(n, program, log_path, what)
+            self.times[n] = base
+
+    compute, optimizer = measure_node_slowdown(TrainConfig(), Spells({1: (0.10, 0.020), 2: (0.11, 0.030)}),
+                                               2, 8, 1, tmp_path, repeats=3)
+    # Pairs: 1.1 (both quick), 1.1 (both slow), 0.11 / 0.12 (straddling); a median of each kind
+    # over all repeats would give 0.11 / 0.12 = 0.917 for compute.
+    assert compute == pytest.approx(1.1) and optimizer == pytest.approx(1.5)
+
+
 def test_the_calibration_times_each_size_for_the_studys_budget(tmp_path):
     seen = []
 
