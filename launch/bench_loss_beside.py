@@ -60,6 +60,7 @@ def measure(args: argparse.Namespace, rank: int, world: int) -> dict:
     import torch
     import torch.distributed as dist
 
+    from ddtrain.comm.sharded import broadcast_shards
     from ddtrain.config import from_mapping
     from ddtrain.data.feed import to_device, train_loader
     from ddtrain.loss import build_loss
@@ -76,17 +77,13 @@ def measure(args: argparse.Namespace, rank: int, world: int) -> dict:
     loss_fn = build_loss(cfg.loss)
     buf = torch.zeros(int(args.mib * 2**20) // 4)
 
-    share = buf.numel() // world
-
     def collectives(out: list[float]) -> None:
         t0 = time.perf_counter()
         for _ in range(args.count):
             if args.op == "allreduce":
                 dist.all_reduce(buf)
                 continue
-            works = [dist.broadcast(buf[r * share:(r + 1) * share], src=r, async_op=True)
-                     for r in range(world)]
-            for work in works:
+            for work in broadcast_shards(buf, buf.numel() // world, list(range(world))):
                 work.wait()
         out.append(time.perf_counter() - t0)
 

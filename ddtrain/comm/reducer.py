@@ -204,14 +204,11 @@ class GradReducer:
         else:
             for p, view in zip(self.params, self.slot_views):
                 averaged = view.view_as(p)
-                if view.dtype == p.dtype:
-                    # The gradient *is* the bucket slice, no copy back. zero_grad() (set_to_none)
-                    # drops this alias before the next backward refills the bucket.
-                    p.grad = averaged
-                elif p.grad is not None:
-                    p.grad.copy_(averaged)  # cast back from the comm dtype
-                else:
-                    p.grad = averaged.to(p.dtype)  # no local gradient this step (see below)
+                # In the parameter's dtype the gradient *is* the bucket slice, no copy back;
+                # zero_grad() (set_to_none) drops this alias before the next backward refills the
+                # bucket. Otherwise it is cast back into a tensor of its own (the local gradient
+                # was dropped when it was filled in).
+                p.grad = averaged if view.dtype == p.dtype else averaged.to(p.dtype)
         self._reset()
 
     def _complete_unfinished(self) -> None:
