@@ -16,9 +16,10 @@ A step at N workers is predicted as
 * All-reduces run one at a time on one stream (as in ddtrain's reducer, DDP and Horovod), each
   starting when its bucket is ready and the previous one has finished. Whatever finishes after
   backward is exposed; the rest hid behind the remaining backward. Where no core is spare for
-  communication (``Profile.overlap`` False), the part that ran during backward took the core
-  from it in part (``MeasuredAllReduce.compute_lost``, all of it where not measured): backward
-  is longer by that share of the time they overlapped it.
+  communication (``Profile.overlap`` False), a collective in flight beside backward runs
+  slower than alone (``MeasuredAllReduce.beside_slowdown``) and takes part of the core from it
+  (``MeasuredAllReduce.compute_lost``, all of it where not measured): backward is longer by
+  that share of the time they were in flight beside it.
 * Each all-reduce costs alpha-beta (Hockney) time for its algorithm (``allreduce_time``).
 * S_N = 1 + z_N * cv is the straggler factor: a synchronous step waits for the slowest of N
   workers, and the expected maximum of N normal samples is mean + z_N * sd (z_2 = 0.56,
@@ -176,18 +177,29 @@ class MeasuredAllReduce:
     # measure them.
     lost_points: tuple[tuple[float, float], ...] = ()
     cpu_points: tuple[tuple[float, float], ...] = ()
+    # (bytes, seconds per all-reduce while a core's compute runs beside it), the same sizes;
+    # empty when not measured.
+    beside_points: tuple[tuple[float, float], ...] = ()
 
     def time(self, nbytes: float) -> float:
         return _loglog(self.points, nbytes)
 
+    def beside_slowdown(self, nbytes: float) -> float:
+        """How many times longer an all-reduce of ``nbytes`` takes while compute runs beside it
+        on a node with no spare core than alone, at least 1; 1 when not measured."""
+        if not self.beside_points:
+            return 1.0
+        return max(1.0, _loglog(self.beside_points, nbytes) / self.time(nbytes))
+
     def compute_lost(self, nbytes: float) -> float:
         """The share of a node's compute lost while an all-reduce of ``nbytes`` is in flight
-        and no core is spare, in [0, 1]; 1 when not measured. Two lower bounds, the larger
-        taken: the collective's CPU time over its wall time (with no spare core, every
-        CPU-second it uses is some rank's compute), and what a stream of small matmuls lost
-        beside it (the waking and the evicted caches; small matmuls miss little of the latter,
-        a backward more)."""
-        cpu = min(1.0, _loglog(self.cpu_points, nbytes) / self.time(nbytes)) if self.cpu_points else 0.0
+        beside it and no core is spare, in [0, 1]; 1 when not measured. Two lower bounds, the
+        larger taken: the collective's CPU time over its wall time beside compute (with no spare
+        core, every CPU-second it uses is some rank's compute; its time alone where the time
+        beside was not measured), and what a stream of small matmuls lost beside it (the waking
+        and the evicted caches; small matmuls miss little of the latter, a backward more)."""
+        wall = self.time(nbytes) * self.beside_slowdown(nbytes)
+        cpu = min(1.0, _loglog(self.cpu_points, nbytes) / wall) if self.cpu_points else 0.0
         if not self.lost_points:
             return cpu if self.cpu_points else 1.0
         return max(cpu, self._stream_lost(nbytes))
@@ -341,8 +353,9 @@ def predict_step(p: Profile, c: Cluster, n: int,
     fwd, bwd = s * p.forward_s, s * (p.backward_s + fill)
     sharded = p.shard != "none" and n > 1
     halves = []  # a bucket's all-gather (and reduce-scatter) time: half its all-reduce's
-    times = []  # each bucket's collective during backward
-    lost = 0.0
+    times = []  # each bucket's collective during backward, at its time alone
+    slow = []  # how many times longer each takes while backward runs beside it
+    lost = []  # the share of the core's compute each takes while in flight beside backward
     here = (measured or {}).get(n)
     for b in p.buckets:
         t = allreduce_time(b.nbytes, n, c, here)
@@ -350,27 +363,23 @@ def predict_step(p: Profile, c: Cluster, n: int,
         if p.shard == "gradients":
             t *= p.scatter_share
         times.append(t)
-        lost += t * (here.compute_lost(b.nbytes) if here is not None else 1.0)
+        slow.append(here.beside_slowdown(b.nbytes) if here is not None and not p.overlap else 1.0)
+        lost.append(here.compute_lost(b.nbytes) if here is not None else 1.0)
     comm = sum(times)
     busy = bool(p.buckets) and n > 1
-    share = lost / comm if comm > 0 else 1.0
-    # No spare core: the part that overlapped backward took from its core the share of compute
-    # the calibration saw lost beside it (over a slow link mostly waiting, which hides). Backward
-    # is longer by that, so its later buckets are ready later and more of the collectives hide:
-    # a fixed point, reached in a few rounds: a longer backward moves its buckets' readiness by
-    # less than its own extra length.
-    def exposed_after(stretch: float) -> float:
-        if not busy:
-            return 0.0
-        return max(0.0, _last_end(p.buckets, times, fwd, bwd + stretch) - (fwd + bwd + stretch))
-
-    stretch, exposed = 0.0, exposed_after(0.0)
-    if busy and not p.overlap:
-        for _ in range(50):
-            stretch, before = (comm - exposed) * share, stretch  # what overlapped backward, times its share
-            exposed = exposed_after(stretch)
-            if abs(stretch - before) < 1e-9:
-                break
+    # No spare core: a collective in flight beside backward runs slower than alone (measured
+    # beside a compute stream) and takes from the core the share of compute the calibration saw
+    # lost beside it (over a slow link mostly waiting, which hides). Backward is longer by that,
+    # so its later buckets are ready later and more of the collectives hide: a fixed point,
+    # reached in a few rounds, as a longer backward moves its buckets' readiness by less than
+    # its own extra length.
+    stretch, exposed = 0.0, 0.0
+    for _ in range(50 if busy else 0):
+        end, taken = _queue(p.buckets, times, slow, lost, fwd, bwd + stretch)
+        exposed = max(0.0, end - (fwd + bwd + stretch))
+        if p.overlap or abs(taken - stretch) < 1e-9:
+            break
+        stretch = taken
     optimizer = (p.optimizer_s / n if sharded else p.optimizer_s) * (c.optimizer_slowdown if n > 1 else 1.0)
     gather = sum(halves) if sharded else 0.0
     waited = gather_wait(p, fwd, halves) if sharded else 0.0
@@ -380,13 +389,24 @@ def predict_step(p: Profile, c: Cluster, n: int,
                           waited, median_lead(n) * cv * own)
 
 
-def _last_end(buckets: tuple[Bucket, ...], times: list[float], fwd: float, bwd: float) -> float:
-    """When the last collective ends: one at a time, each starting when its bucket is ready and
-    the previous one is done."""
-    end = 0.0
-    for b, t in zip(buckets, times):
-        end = max(end, fwd + b.ready * bwd) + t
-    return end
+def _queue(buckets: tuple[Bucket, ...], times: list[float], slow: list[float], lost: list[float],
+           fwd: float, bwd: float) -> tuple[float, float]:
+    """(when the last collective ends, the compute they took from backward). One at a time, each
+    starting when its bucket is ready and the previous one is done; while backward runs, each
+    takes ``slow`` times its time alone and ``lost`` of the core for as long as it is in flight,
+    and after backward the rest of it runs at its time alone."""
+    end, taken, done = 0.0, 0.0, fwd + bwd
+    for b, t, r, share in zip(buckets, times, slow, lost):
+        start = max(end, fwd + b.ready * bwd)
+        if start >= done:
+            end = start + t
+        elif start + t * r <= done:
+            end = start + t * r
+            taken += share * t * r
+        else:  # part of it beside backward, the rest alone
+            end = done + t - (done - start) / r
+            taken += share * (done - start)
+    return end, taken
 
 
 def gather_wait(p: Profile, fwd: float, gathers: list[float]) -> float:

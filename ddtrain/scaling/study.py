@@ -209,8 +209,11 @@ def measured_allreduces(cluster: Cluster, fit: dict | None) -> dict[int, Measure
         lost = tuple(sorted((r["size_bytes"], r["compute_lost"]) for r in run["rows"]
                             if r.get("compute_lost") is not None))
         cpu = tuple(sorted((r["size_bytes"], r["cpu_s"]) for r in run["rows"] if r.get("cpu_s") is not None))
+        beside = tuple(sorted((r["size_bytes"], r["beside_s"]) for r in run["rows"]
+                              if r.get("beside_s") is not None))
         out[n] = MeasuredAllReduce(n, points, bw, lost if len(lost) == len(points) else (),
-                                   cpu if len(cpu) == len(points) else ())
+                                   cpu if len(cpu) == len(points) else (),
+                                   beside if len(beside) == len(points) else ())
     return out
 
 

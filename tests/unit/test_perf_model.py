@@ -156,6 +156,44 @@ def test_without_a_spare_core_only_the_cpu_part_of_an_overlapped_all_reduce_stre
     assert step(None, cpu_share=0.6).compute_s == pytest.approx(0.33)
 
 
+
+def test_without_a_spare_core_a_collective_beside_backward_runs_slower_and_takes_the_core_while_in_flight():
+    from ddtrain.scaling.model import MeasuredAllReduce
+
+    c = flat(bw_GBps=1.0)
+    sizes = (1e6, 1e7, 1e8)
+    points = tuple((s, s / 1e9) for s in sizes)  # 50 ms alone at 50 MB
+
+    def predict(ready, slowdown, share, cpu_share=None):
+        lost = tuple((s, share) for s in sizes)
+        cpu = tuple((s, t * cpu_share) for s, t in points) if cpu_share is not None else ()
+        beside = tuple((s, t * slowdown) for s, t in points)
+        prof = _profile((Bucket(int(50e6), ready),), overlap=False)
+        return predict_step(prof, c, 2, {2: MeasuredAllReduce(2, points, 1.0, lost, cpu, beside)})
+
+    # Ready as backward starts: 100 ms in flight beside the 200 ms backward, a fifth of the core
+    # lost all that time, so backward is 20 ms longer (10 ms when it ran at its time alone).
+    assert predict(0.0, 2.0, 0.2).compute_s == pytest.approx(0.32)
+    assert predict(0.0, 1.0, 0.2).compute_s == pytest.approx(0.31)
+    assert predict(0.0, 2.0, 0.2).comm_exposed_s == pytest.approx(0.0, abs=1e-12)
+    # Ready at 0.9 of backward: what is left of backward, 0.1 (0.2 + s), runs beside it at half
+    # speed and costs a fifth of the core meanwhile, so s = 0.2 * 0.1 (0.2 + s); after backward
+    # the rest of the 50 ms runs at its time alone.
+    late = predict(0.9, 2.0, 0.2)
+    s = 0.004 / 0.98
+    beside = 0.1 * (0.2 + s)
+    assert late.compute_s == pytest.approx(0.3 + s)
+    assert late.comm_exposed_s == pytest.approx(0.05 - beside / 2)
+    assert late.comm_exposed_s > predict(0.9, 1.0, 0.2).comm_exposed_s  # more is left after backward
+    # A collective bound by its own CPU time costs the same CPU-seconds however long it is in
+    # flight: 60% of a core over 50 ms alone is 30% over 100 ms beside compute.
+    assert predict(0.0, 2.0, 0.2, cpu_share=0.6).compute_s == pytest.approx(0.33)
+    assert predict(0.0, 1.0, 0.2, cpu_share=0.6).compute_s == pytest.approx(0.33)
+    # Never faster beside compute than alone, and 1 where the time beside was not measured.
+    m = MeasuredAllReduce(2, points, 1.0, beside_points=tuple((s, t * 0.5) for s, t in points))
+    assert m.beside_slowdown(5e7) == 1.0 and MeasuredAllReduce(2, points, 1.0).beside_slowdown(5e7) == 1.0
+
+
 def test_a_worker_with_peers_fills_its_buckets_during_backward_and_one_alone_does_not():
     c = flat(bw_GBps=1.0)
     filled = _profile((Bucket(int(50e6), 1.0),), fill_s=0.04)
