@@ -207,7 +207,7 @@ def calibrate_allreduce(scale: ScaleConfig, launcher: Launcher, n: int, study_di
     return json.loads(out.read_text())
 
 
-# Timed steps per profile in the node-sharing probe, at the least.
+# Timed steps per worker in the node-sharing probe, at the least.
 PROBE_STEPS = 10
 
 
@@ -216,36 +216,31 @@ def measure_node_slowdown(cfg: TrainConfig, launcher: Launcher, k: int, batch: i
     """(compute, optimizer step): each phase's time in one worker when k workers share this
     node, over its time alone.
 
-    Both are measured back to back, through the launcher (same binding), as k independent
-    one-worker profiles with no communication that meet before each step and each optimizer
-    step, as a synchronous job's ranks do, so the ratios isolate what the workers do to each
-    other (shared cores, memory bandwidth, caches) from any network effect. The optimizer step
-    streams the whole training state and contends for memory bandwidth more than compute does.
-    Each profile times ``steps`` steps (the study's scale.steps, at least PROBE_STEPS): the two
-    ratios scale every predicted point at N, so they need as many samples as a measured point.
-    Each ratio is the median over repeats of one repeat's k workers against its one worker, run
-    back to back: a slow spell of the machine that lasts a pair cancels in it, where a median of
-    each kind over all repeats lands on whichever spell its few profiles met.
+    The probe (``ddtrain.scaling.probe``) is launched as the jobs are (same binding, same
+    nodes), ``repeats`` times. Its k workers train with no communication; every step each times
+    its phases once with all k running them at once (meeting before each step and each
+    optimizer step, as a synchronous job's ranks do) and once alone while the others wait, a
+    few hundred milliseconds apart. Each factor is the median over every worker's steps of that
+    step's ratio: a slow spell of the machine that lasts a step cancels in it, where separate
+    launches of k workers and of one would each land on whichever spell they met. Each worker
+    times ``steps`` steps (the study's scale.steps, at least PROBE_STEPS): the two factors scale
+    every predicted point at N, so they need as many samples as a measured point.
     """
     probe = study_dir / "node_probe"
     probe.mkdir(parents=True, exist_ok=True)
     config = probe / "config.json"
     config.write_text(json.dumps(to_mapping(replace(cfg, trainer=replace(cfg.trainer, threads=threads)))))
-    med = statistics.median
-    compute_ratios, optimizer_ratios = [], []
-    for r in range(repeats):  # interleaved, like the training runs, against drift
-        compute: dict[int, list[float]] = {1: [], k: []}
-        optimizer: dict[int, list[float]] = {1: [], k: []}
-        for workers in (1, k) if r % 2 == 0 else (k, 1):
-            out = probe / f"k{workers}-r{r}"
-            program = [sys.executable, "-m", "ddtrain.scaling.profile", str(config), str(batch), str(out),
-                       str(max(PROBE_STEPS, steps))]
-            what = f"the node-sharing probe with {workers} worker(s)"
-            launcher.run(workers, program, probe / f"k{workers}-r{r}.log", what)
-            for f in sorted(out.glob("*.json")):
-                prof = json.loads(f.read_text())
-                compute[workers].append(prof["forward_s"] + prof["backward_s"])
-                optimizer[workers].append(prof["optimizer_s"])
-        compute_ratios.append(med(compute[k]) / med(compute[1]))
-        optimizer_ratios.append(med(optimizer[k]) / med(optimizer[1]))
-    return med(compute_ratios), med(optimizer_ratios)
+    compute, optimizer = [], []
+    for r in range(repeats):
+        out = probe / f"r{r}"
+        program = [sys.executable, "-m", "ddtrain.scaling.probe", str(config), str(batch), str(out),
+                   str(max(PROBE_STEPS, steps))]
+        launcher.run(k, program, probe / f"r{r}.log", f"the node-sharing probe with {k} workers")
+        for f in sorted(out.glob("*.json")):
+            pairs = json.loads(f.read_text())
+            for (c_k, o_k), (c_1, o_1) in zip(pairs["together"], pairs["alone"]):
+                compute.append(c_k / c_1)
+                optimizer.append(o_k / o_1)
+    if not compute:
+        raise StudyError(f"the node-sharing probe wrote no timings under {probe}; see its logs there")
+    return statistics.median(compute), statistics.median(optimizer)

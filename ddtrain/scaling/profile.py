@@ -36,28 +36,46 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps: int = 12,
-                   warmup: int = 3, meet=None) -> Profile:
-    """One worker's profile at ``batch``. ``meet()``, if given, runs before every step and
-    before every optimizer step (outside the timed phases): concurrent profiles meet there, as
-    the ranks of a synchronous job do at each step's all-reduce, so their computes overlap and
-    so do their optimizer steps, which contend for memory bandwidth more than compute does."""
+@dataclasses.dataclass
+class Worker:
+    """One worker's training state, built as the trainer builds it, with its buckets planned
+    as the reducer would plan them for ``cfg.comm`` and a fill that copies into them."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    loader: object
+    params: list[torch.Tensor]
+    plan: BucketPlan
+    elsize: int
+    fill: Callable[[], None]
+
+    def __post_init__(self) -> None:
+        self.batches = self.loader.stream()
+
+
+def build_worker(cfg: TrainConfig, batch: int, device: torch.device, steps: int) -> Worker:
     dataset, _ = build_datasets(cfg)
     model = make_model(cfg, getattr(dataset, "spec", None)).to(device)
-    optimizer, _ = build_optimizer(cfg.optim, model, warmup + steps)
-    loss_fn = build_loss(cfg.loss)
+    optimizer, _ = build_optimizer(cfg.optim, model, steps)
     loader = train_loader(dataclasses.replace(cfg.data, batch_size=batch), dataset, rank=0, world_size=1,
                           seed=cfg.seed, workers=loader_workers(cfg.data, dataset, usable_cpus(), 1),
                           pin_memory=device.type == "cuda")
-    flops, _source = flops_per_sample(model, lambda: to_device(loader.batch_at(0), device), batch, loss_fn)
-    batches = loader.stream()
     params = [p for p in model.parameters() if p.requires_grad]
-    elsize = COMM_DTYPES[cfg.comm.dtype].itemsize  # as the reducer plans its buckets
-    plan = plan_buckets([p.numel() for p in params], elsize, cfg.comm.bucket_mb * MiB,
-                        cfg.comm.first_bucket_mb * MiB)
     dtype = COMM_DTYPES[cfg.comm.dtype]
+    plan = plan_buckets([p.numel() for p in params], dtype.itemsize, cfg.comm.bucket_mb * MiB,
+                        cfg.comm.first_bucket_mb * MiB)
     buffers = [torch.empty(n, dtype=dtype, device=device) for n in plan.sizes]
-    fill = bucket_fill(cfg.comm.pack, params, plan, buffers)
+    return Worker(model, optimizer, build_loss(cfg.loss), loader, params, plan, dtype.itemsize,
+                  bucket_fill(cfg.comm.pack, params, plan, buffers))
+
+
+def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps: int = 12,
+                   warmup: int = 3) -> Profile:
+    """One worker's profile at ``batch``."""
+    w = build_worker(cfg, batch, device, warmup + steps)
+    flops, _source = flops_per_sample(w.model, lambda: to_device(w.loader.batch_at(0), device), batch,
+                                      w.loss_fn)
 
     seen: dict[int, float] = {}
 
@@ -66,28 +84,23 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
             seen[i] = time.perf_counter()  # CPU: exact; CUDA: when the host queued it (see below)
         return hook
 
-    handles = [p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(params)]
+    handles = [p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(w.params)]
     fwd, bwd, opt, data, total, ready, fills = [], [], [], [], [], [], []
     try:
         for step in range(warmup + steps):
             seen.clear()
-            if meet is not None:
-                meet()
             t0 = _now(device)
-            x, y = to_device(next(batches), device)
+            x, y = to_device(next(w.batches), device)
             t1 = _now(device)
             with autocast(device, cfg.trainer.precision):
-                loss = loss_fn(model(x), y)
+                loss = w.loss_fn(w.model(x), y)
             t2 = _now(device)
             loss.backward()
             t3 = _now(device)
-            fill()
+            w.fill()
             tf = _now(device)
-            if meet is not None:
-                meet()
-            to = _now(device) if meet is not None else tf  # a meeting's wait is in no phase
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            w.optimizer.step()
+            w.optimizer.zero_grad(set_to_none=True)
             t4 = _now(device)
             if step < warmup:
                 continue
@@ -95,17 +108,17 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
             fwd.append(t2 - t1)
             bwd.append(t3 - t2)
             fills.append(tf - t3)
-            opt.append(t4 - to)
-            total.append(t4 - t0 - (to - t3))  # one worker's own step: it fills and waits for nothing
-            ready.append(ready_fractions(seen, plan.members, t2, t3))
+            opt.append(t4 - tf)
+            total.append(t4 - t0 - (tf - t3))  # one worker's own step: it never fills
+            ready.append(ready_fractions(seen, w.plan.members, t2, t3))
     finally:
-        batches.close()
+        w.batches.close()
         for h in handles:
             h.remove()
 
     med = statistics.median
     buckets = tuple(
-        Bucket(size * elsize, med(r[b] for r in ready)) for b, size in enumerate(plan.sizes)
+        Bucket(size * w.elsize, med(r[b] for r in ready)) for b, size in enumerate(w.plan.sizes)
     )
     cv = robust_cv(total)  # the estimator measured runs use, so both kinds of jitter compare
     return Profile(
@@ -149,39 +162,3 @@ def ready_fractions(seen: dict[int, float], members, backward_start: float,
     span = max(backward_end - backward_start, 1e-12)
     return [min(1.0, max(0.0, (max(seen.get(i, backward_end) for i in m) - backward_start) / span))
             for m in members]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m ddtrain.scaling.profile CONFIG.json BATCH OUT_DIR STEPS``: profile one worker
-    over STEPS timed steps and write ``OUT_DIR/<rank>.json``. Started k times at once (``mpirun
-    -np k``, by ``measure.measure_node_slowdown``), with no process group, it measures how much k
-    workers sharing this node slow each other's compute."""
-    import json
-    import os
-    import sys
-    from dataclasses import asdict
-    from pathlib import Path
-
-    from ddtrain.config import from_mapping
-    from ddtrain.dist.env import detect_launch_env
-
-    config_path, batch, out_dir, steps = (argv or sys.argv[1:])[:4]
-    cfg = from_mapping(json.loads(Path(config_path).read_text()))
-    env = detect_launch_env(os.environ)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    meet = None
-    if env.is_mpi and env.world_size > 1:
-        # The k workers start at different moments (imports, remote nodes' daemons) and drift
-        # apart: without meeting at every step their phases would overlap only in part, and
-        # sharing look cheaper than in a synchronous job.
-        from mpi4py import MPI
-
-        meet = MPI.COMM_WORLD.Barrier
-    p = profile_worker(cfg, int(batch), torch.device("cpu"), steps=int(steps), warmup=3, meet=meet)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / f"{env.rank}.json").write_text(json.dumps(asdict(p)))
-
-
-if __name__ == "__main__":
-    main()

@@ -150,20 +150,26 @@ def test_the_profile_times_the_bucket_fill_that_one_worker_alone_never_does():
     assert prof.fill_s < prof.backward_s
 
 
-def test_concurrent_profiles_meet_before_each_step_and_each_optimizer_step_outside_the_phases():
-    # The node-sharing probe's profiles meet where a synchronous job's ranks do; the wait for
-    # the slowest is in no phase, or sharing would look costlier than it is.
+def test_the_probe_worker_times_each_step_together_and_then_alone_in_its_own_turn(monkeypatch):
+    # Every step: all meet, compute at once, meet before the optimizer step; then one turn per
+    # worker, each opened by a meeting, and only this worker's own turn runs a step. The waits
+    # are in no phase, or sharing would look costlier than it is.
     import time
 
     from ddtrain.config import from_mapping
-    from ddtrain.scaling.profile import profile_worker
+    from ddtrain.scaling import probe
 
-    met = []
+    met, stepped = [], []
+    timed = probe.timed_step
+    monkeypatch.setattr(probe, "timed_step", lambda w, cfg, before_update=None: stepped.append(
+        before_update is not None) or timed(w, cfg, before_update))
     cfg = from_mapping({"model": {"name": "mlp", "hidden": 32, "layers": 2}, "data": {"image_size": 8}})
-    prof = profile_worker(cfg, 4, torch.device("cpu"), steps=3, warmup=1,
-                          meet=lambda: met.append(1) or time.sleep(0.2))
-    assert len(met) == 2 * (1 + 3)
-    assert max(prof.data_s, prof.forward_s, prof.backward_s, prof.fill_s, prof.optimizer_s) < 0.1
+    pairs = probe.sharing_pairs(cfg, 4, rank=1, k=3, meet=lambda: met.append(1) or time.sleep(0.05),
+                                steps=3, warmup=1)
+    assert len(met) == (1 + 3) * (2 + 3) + 1
+    assert stepped == [True, False] * (1 + 3)  # together, then alone in its own turn only
+    assert len(pairs["together"]) == len(pairs["alone"]) == 3
+    assert all(0 < t < 0.05 for kind in pairs.values() for step in kind for t in step)
 
 
 def test_the_profile_fills_the_buckets_as_the_reducer_packs_them(monkeypatch):
