@@ -232,7 +232,7 @@ def model_cluster(study: Study, fit: dict | None) -> Cluster:
     # CPU workers on one node share its cores, memory bandwidth and caches. The probe is launched
     # as the jobs are (with scale.hostfile, across the same nodes, in the same placement), so it
     # measures what the workers of a node do to each other wherever they run.
-    log.info("measuring node sharing: %d concurrent one-worker profiles vs one ...", n_max)
+    log.info("measuring node sharing: %d workers, each step together and alone ...", n_max)
     slowdown, optimizer = measure_node_slowdown(study.cfg, study.launcher, n_max, study.cfg.data.batch_size,
                                                 machine.threads, study.study_dir, scale.repeats, scale.steps)
     log.info("  compute is %.3fx slower and the optimizer step %.3fx with %d workers on this node",
