@@ -132,9 +132,10 @@ def train_step(rep: Replica, batches: Iterator[Any], step: int, cfg: TrainConfig
         with contextlib.nullcontext() if last else rep.engine.no_sync():
             with autocast(device, t.precision):
                 loss = rep.loss_fn(rep.engine.module(x), y)
+            clock.mark("forward")  # the batch's wait is in it too, taken out from data_s later
             (loss / t.grad_accum).backward()
+            clock.mark("backward")
         step_loss += loss.detach() / t.grad_accum
-    clock.mark("compute")
     rep.engine.wait()  # the gradient all-reduces still in flight after backward
     clock.mark("comm_exposed")
 

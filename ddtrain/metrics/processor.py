@@ -110,8 +110,8 @@ class MetricsProcessor:
             "loss": float(all_mean(self.ctx, view.loss).item()),  # mean over all ranks' samples
             "lr": self._lr(),
             "step_time_s": step_time,
-            **{key: mean_or_none(per_step[key]) for key in ("compute_s", "data_s", "comm_exposed_s",
-                                                            "optimizer_s")},
+            **{key: mean_or_none(per_step[key]) for key in ("compute_s", "forward_s", "backward_s", "data_s",
+                                                            "comm_exposed_s", "optimizer_s")},
             "world_size": self.ctx.world_size,
             "samples_per_s": samples_per_s,
             "achieved_tflops": samples_per_s * self.workload.flops_per_sample / 1e12,
@@ -129,12 +129,17 @@ class MetricsProcessor:
 
 def per_step_timings(steps: list[dict[str, float]], data_s: list[float], step_times: list[float],
                      measures_exposed_comm: bool) -> dict[str, list[float] | None]:
-    """Each step's phases, from the clock's durations. Compute excludes the data wait, which the
-    clock counts inside the compute phase; exposed communication is ``None`` for an engine that
-    waits inside backward (torch DDP), where it cannot be told apart from compute."""
+    """Each step's phases, from the clock's durations. Compute (forward + backward, summed over
+    micro-steps) excludes the data wait, which the clock counts inside the forward phase;
+    exposed communication is ``None`` for an engine that waits inside backward (torch DDP),
+    where it cannot be told apart from compute: its backward holds those waits. Forward and
+    backward are ``None`` for a clock that marks only their sum."""
+    split = all("forward" in s and "backward" in s for s in steps)
     return {
         "step_time_s": list(step_times),
         "compute_s": [s["compute"] - d for s, d in zip(steps, data_s, strict=True)],
+        "forward_s": [s["forward"] - d for s, d in zip(steps, data_s, strict=True)] if split else None,
+        "backward_s": [s["backward"] for s in steps] if split else None,
         "data_s": list(data_s),
         "comm_exposed_s": [s["comm_exposed"] for s in steps] if measures_exposed_comm else None,
         "optimizer_s": [s["optimizer"] for s in steps],

@@ -21,6 +21,8 @@ TAGS = {
     "achieved_tflops": "throughput/achieved(TFLOP_per_s)",
     "step_time_s": "time/step(s)",
     "compute_s": "time/compute(s)",
+    "forward_s": "time/forward(s)",
+    "backward_s": "time/backward(s)",
     "comm_exposed_s": "time/comm_exposed(s)",
     "data_s": "time/data(s)",
     "optimizer_s": "time/optimizer(s)",

@@ -32,15 +32,20 @@ class StepClock:
         self._steps[-1].append((name, self._stamp()))
 
     def drain(self) -> list[dict[str, float]]:
-        """Seconds from each mark's predecessor to that mark, per step since the last drain."""
+        """Seconds from each mark's predecessor to that mark, per step since the last drain; a
+        name marked more than once in a step (forward and backward, once per micro-step) gets
+        the sum. ``compute`` is forward + backward where the step marks those."""
         if self._cuda and self._steps:
             self._steps[-1][-1][1].synchronize()  # deliberate host sync: logging steps only
         out = []
         for marks in self._steps:
-            durations = {}
+            durations: dict[str, float] = {}
             for (_, a), (name, b) in zip(marks, marks[1:]):
-                durations[name] = a.elapsed_time(b) / 1e3 if self._cuda else b - a
+                seconds = a.elapsed_time(b) / 1e3 if self._cuda else b - a
+                durations[name] = durations.get(name, 0.0) + seconds
             durations["total"] = sum(durations.values())
+            if "compute" not in durations and "forward" in durations and "backward" in durations:
+                durations["compute"] = durations["forward"] + durations["backward"]
             out.append(durations)
         self._steps = []
         return out

@@ -60,6 +60,8 @@ def summarise(per_step: dict[str, list[float]]) -> dict:
         "step_time_s": med,
         "step_time_p90_s": percentile(steps, 90),
         "compute_s": phase("compute_s"),
+        "forward_s": phase("forward_s"),
+        "backward_s": phase("backward_s"),
         "comm_exposed_s": phase("comm_exposed_s"),
         "data_s": phase("data_s"),
         "optimizer_s": phase("optimizer_s"),

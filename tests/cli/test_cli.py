@@ -72,12 +72,16 @@ def test_a_name_that_is_no_group_or_key_is_named_with_the_groups_of_its_root_con
 
 def test_single_process_run_writes_metrics_tensorboard_and_says_where(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(["model=mlp", "trainer.steps=4", "trainer.log_every=2", f"hydra.run.dir={run_dir}"])
+    proc = run_cli(["model=mlp", "trainer.steps=4", "trainer.log_every=2", "trainer.grad_accum=2",
+                    f"hydra.run.dir={run_dir}"])
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
     for key in ("loss", "samples_per_s", "step_time_s", "comm_exposed_s"):
         assert all(key in r for r in records), key
+    for r in records:  # forward and backward, summed over the micro-steps, make up compute
+        assert r["forward_s"] > 0 and r["backward_s"] > 0
+        assert r["forward_s"] + r["backward_s"] == pytest.approx(r["compute_s"])
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert f"tensorboard --logdir {run_dir / 'tb'}" in proc.stderr
 

@@ -16,7 +16,8 @@ HPARAMS = to_flat_dict(TrainConfig())
 def record(step: int, **overrides) -> dict:
     base = {
         "step": step, "loss": 2.5 / step, "lr": 1e-3, "step_time_s": 0.125, "compute_s": 0.1,
-        "data_s": 0.005, "comm_exposed_s": 0.01, "optimizer_s": 0.01, "samples_per_s": 256.0,
+        "forward_s": 0.04, "backward_s": 0.06, "data_s": 0.005, "comm_exposed_s": 0.01, "optimizer_s": 0.01,
+        "samples_per_s": 256.0,
         "achieved_tflops": 0.002, "tokens_per_s": 16384.0, "world_size": 2, "grad_norm": 1.5,
         "skipped_steps": 0,
     }

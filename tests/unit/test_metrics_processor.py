@@ -134,3 +134,26 @@ def test_a_step_that_compiles_is_left_out_of_throughput(log_every):
         assert first["per_step"]["step_time_s"] == [0.5, 0.5]
         assert first["samples_per_s"] == pytest.approx(128.0)
     assert all(r["step_time_s"] == pytest.approx(0.5) for r in writer.records[1:])
+
+
+def test_the_clock_sums_a_phase_marked_once_per_micro_step_and_compute_is_forward_plus_backward(monkeypatch):
+    from ddtrain.perf import clock as clock_module
+
+    ticks = iter([0.0, 0.10, 0.30, 0.45, 0.65, 0.70, 0.90])
+    monkeypatch.setattr(clock_module.time, "perf_counter", lambda: next(ticks))
+    c = clock_module.StepClock(torch.device("cpu"))
+    c.start_step()
+    for name in ("forward", "backward", "forward", "backward", "comm_exposed", "optimizer"):
+        c.mark(name)
+    (step,) = c.drain()
+    assert step["forward"] == pytest.approx(0.10 + 0.15) and step["backward"] == pytest.approx(0.20 + 0.20)
+    assert step["compute"] == pytest.approx(0.65) and step["total"] == pytest.approx(0.90)
+
+
+def test_forward_and_backward_are_split_where_the_clock_marks_them():
+    split = per_step_timings([{"forward": 0.3, "backward": 0.5, "compute": 0.8, "comm_exposed": 0.0,
+                               "optimizer": 0.1}], [0.1], [1.0], True)
+    assert split["forward_s"] == [pytest.approx(0.2)] and split["backward_s"] == [0.5]  # data out of forward
+    assert split["compute_s"] == [pytest.approx(0.7)]
+    whole = per_step_timings([{"compute": 0.8, "comm_exposed": 0.0, "optimizer": 0.1}], [0.1], [1.0], True)
+    assert whole["forward_s"] is None and whole["backward_s"] is None
