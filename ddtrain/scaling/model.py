@@ -9,9 +9,10 @@ A step at N workers is predicted as
 
     step(N) = data + S_N * K * (forward + backward + fill) + exposed_comm(N) + K_opt * optimizer
 
-* fill (``Profile.fill_s``) is copying every gradient into its bucket, scaled by 1/N, which the
-  reducer does in backward's hooks whenever a worker has peers (N > 1): a pass over the
-  gradients' bytes that one worker alone never makes, so its profile times it apart.
+* fill (``Profile.fill_s``) is what copying every gradient into its bucket, scaled by 1/N,
+  adds to backward: the reducer does it in backward's hooks whenever a worker has peers (N > 1)
+  and one worker alone never does, so its profile times it apart. It drops each gradient once
+  copied, which one worker alone does not either, so on CPU it may save as much as it costs.
 
 * All-reduces run one at a time on one stream (as in ddtrain's reducer, DDP and Horovod), each
   starting when its bucket is ready and the previous one has finished. Whatever finishes after
@@ -76,8 +77,9 @@ class Profile:
     # A reduce-scatter's time as a share of an all-reduce's of the same bucket: 0.5, half the
     # traffic (NCCL's reduce-scatter; on Gloo ddtrain's shard exchange, comm/sharded.py).
     scatter_share: float = 0.5
-    # Copying every gradient into its bucket, scaled by 1/N (the reducer's fill, in backward's
-    # hooks): a worker with peers does it every step, one alone never.
+    # What copying every gradient into its bucket, scaled by 1/N (the reducer's fill, in
+    # backward's hooks), adds to backward: a worker with peers does it every step, one alone
+    # never. Negative where dropping each gradient once copied saves more than the copy costs.
     fill_s: float = 0.0
 
     @property

@@ -49,6 +49,9 @@ class Worker:
     plan: BucketPlan
     elsize: int
     fill: Callable[[], None]
+    # Each gradient's slot in its bucket where the reducer copies it in that gradient's hook (a
+    # copy per tensor); None where it packs whole buckets (Triton).
+    views: list[torch.Tensor] | None
 
     def __post_init__(self) -> None:
         self.batches = self.loader.stream()
@@ -66,51 +69,76 @@ def build_worker(cfg: TrainConfig, batch: int, device: torch.device, steps: int)
     plan = plan_buckets([p.numel() for p in params], dtype.itemsize, cfg.comm.bucket_mb * MiB,
                         cfg.comm.first_bucket_mb * MiB)
     buffers = [torch.empty(n, dtype=dtype, device=device) for n in plan.sizes]
+    per_tensor = choose_packing(cfg.comm.pack, device, {p.dtype for p in params})[0] != "triton"
     return Worker(model, optimizer, build_loss(cfg.loss), loader, params, plan, dtype.itemsize,
-                  bucket_fill(cfg.comm.pack, params, plan, buffers))
+                  bucket_fill(cfg.comm.pack, params, plan, buffers),
+                  slot_views(buffers, plan) if per_tensor else None)
 
 
 def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps: int = 12,
                    warmup: int = 3) -> Profile:
-    """One worker's profile at ``batch``."""
-    w = build_worker(cfg, batch, device, warmup + steps)
+    """One worker's profile at ``batch``.
+
+    Its fill (``Profile.fill_s``) is what the reducer's filling adds to backward when a worker
+    has peers. With a copy per tensor the reducer copies each gradient into its bucket in that
+    gradient's hook and drops it at once, so the next gradient reuses its memory; one worker
+    alone keeps every gradient until ``zero_grad``, and on CPU the next backward then takes fresh
+    pages. The two cost about the same, so the fill is measured as backward with the reducer's
+    hooks less backward without, the two run back to back every step, in alternating order, and
+    the median of the steps' differences taken (it may come out negative).
+    With Triton packing, whole buckets after backward, it is that pass's time."""
+    w = build_worker(cfg, batch, device, 2 * (warmup + steps))
     flops, _source = flops_per_sample(w.model, lambda: to_device(w.loader.batch_at(0), device), batch,
                                       w.loss_fn)
 
     seen: dict[int, float] = {}
+    filling = [False]
 
     def hook_for(i: int):
-        def hook(_p):
+        def hook(p):
             seen[i] = time.perf_counter()  # CPU: exact; CUDA: when the host queued it (see below)
+            if filling[0]:
+                torch.mul(p.grad.reshape(-1), 0.5, out=w.views[i])
+                p.grad = None
         return hook
 
     handles = [p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(w.params)]
-    fwd, bwd, opt, data, total, ready, fills = [], [], [], [], [], [], []
+    fwd, bwd, opt, data, total, ready, fills, hooked = [], [], [], [], [], [], [], []
+    kinds = (False, True) if w.views is not None else (False,)
     try:
         for step in range(warmup + steps):
-            seen.clear()
-            t0 = _now(device)
-            x, y = to_device(next(w.batches), device)
-            t1 = _now(device)
-            with autocast(device, cfg.trainer.precision):
-                loss = w.loss_fn(w.model(x), y)
-            t2 = _now(device)
-            loss.backward()
-            t3 = _now(device)
-            w.fill()
-            tf = _now(device)
-            w.optimizer.step()
-            w.optimizer.zero_grad(set_to_none=True)
-            t4 = _now(device)
-            if step < warmup:
-                continue
-            data.append(t1 - t0)
-            fwd.append(t2 - t1)
-            bwd.append(t3 - t2)
-            fills.append(tf - t3)
-            opt.append(t4 - tf)
-            total.append(t4 - t0 - (tf - t3))  # one worker's own step: it never fills
-            ready.append(ready_fractions(seen, w.plan.members, t2, t3))
+            for filled in kinds if step % 2 == 0 else kinds[::-1]:
+                seen.clear()
+                filling[0] = filled
+                t0 = _now(device)
+                x, y = to_device(next(w.batches), device)
+                t1 = _now(device)
+                with autocast(device, cfg.trainer.precision):
+                    loss = w.loss_fn(w.model(x), y)
+                t2 = _now(device)
+                loss.backward()
+                t3 = _now(device)
+                if filled:  # as the reducer's wait() leaves them: the bucket slices
+                    for p, view in zip(w.params, w.views):
+                        p.grad = view.view_as(p).to(p.dtype)
+                elif w.views is None:
+                    w.fill()
+                tf = _now(device)
+                w.optimizer.step()
+                w.optimizer.zero_grad(set_to_none=True)
+                t4 = _now(device)
+                if step < warmup:
+                    continue
+                if filled:
+                    hooked.append(t3 - t2)
+                    continue
+                data.append(t1 - t0)
+                fwd.append(t2 - t1)
+                bwd.append(t3 - t2)
+                fills.append(tf - t3)
+                opt.append(t4 - tf)
+                total.append(t4 - t0 - (tf - t3))  # one worker's own step: it never fills
+                ready.append(ready_fractions(seen, w.plan.members, t2, t3))
     finally:
         w.batches.close()
         for h in handles:
@@ -123,7 +151,8 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
     cv = robust_cv(total)  # the estimator measured runs use, so both kinds of jitter compare
     return Profile(
         batch=batch, forward_s=med(fwd), backward_s=med(bwd), optimizer_s=med(opt), data_s=med(data),
-        buckets=buckets, flops_per_sample=float(flops), cv=cv, fill_s=med(fills),
+        buckets=buckets, flops_per_sample=float(flops), cv=cv,
+        fill_s=med(h - b for h, b in zip(hooked, bwd)) if hooked else med(fills),  # paired: a step apart
     )
 
 
