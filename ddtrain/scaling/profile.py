@@ -97,8 +97,8 @@ def profile_worker(cfg: TrainConfig, batch: int, device: torch.device, *, steps:
     def hook_for(i: int):
         def hook(p):
             seen[i] = time.perf_counter()  # CPU: exact; CUDA: when the host queued it (see below)
-            if filling[0]:
-                torch.mul(p.grad.reshape(-1), 0.5, out=w.views[i])
+            if filling[0]:  # the reducer's hook: into its bucket slot, then dropped
+                fill_buckets([p], [w.views[i]])
                 p.grad = None
         return hook
 
